@@ -1,0 +1,251 @@
+//! The async seqpacket transport: a [`Channel`] moves whole messages, [`Client`] adds the
+//! client side of the handshake and request/reply, [`server_handshake`] the server side.
+
+use std::io::IoSlice;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, de::DeserializeOwned};
+use tokio_seqpacket::{UCred, UnixSeqpacket};
+
+use crate::codec::{self, CodecError};
+use crate::daemon::{Request, Response};
+use crate::error::{Error, ErrorKind};
+use crate::frame::{self, FrameError, MAX_DATAGRAM, Reassembler};
+use crate::handshake::{self, Hello, ServerHello, ServiceKind};
+use crate::helper::{HelperRequest, HelperResponse};
+
+/// How long a server waits for a new connection's `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("bad message: {0}")]
+    Codec(#[from] CodecError),
+    #[error("the peer closed the connection in the middle of a message")]
+    ClosedMidMessage,
+}
+
+impl WireError {
+    /// The error to send the peer before closing, when it was the peer's fault.
+    pub fn to_reply(&self) -> Option<Error> {
+        match self {
+            WireError::Io(_) | WireError::ClosedMidMessage => None,
+            WireError::Frame(e) => Some(Error::protocol(e.to_string())),
+            WireError::Codec(e) => Some(Error::protocol(e.to_string())),
+        }
+    }
+}
+
+/// A connected socket that sends and receives whole messages.
+pub struct Channel {
+    sock: UnixSeqpacket,
+    rx: Box<[u8]>,
+    reassembler: Reassembler,
+}
+
+impl Channel {
+    pub fn new(sock: UnixSeqpacket) -> Self {
+        Channel {
+            sock,
+            rx: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            reassembler: Reassembler::default(),
+        }
+    }
+
+    pub fn peer_cred(&self) -> std::io::Result<UCred> {
+        self.sock.peer_cred()
+    }
+
+    /// Sends one message; `more` says another message of the same reply stream follows.
+    pub async fn send<T: Serialize>(&self, message: &T, more: bool) -> Result<(), WireError> {
+        let bytes = codec::encode(message)?;
+        for (flags, body) in frame::split(&bytes, more)? {
+            let flags = [flags];
+            let sent = self
+                .sock
+                .send_vectored(&[IoSlice::new(&flags), IoSlice::new(body)])
+                .await?;
+            if sent != body.len() + 1 {
+                return Err(WireError::Io(std::io::Error::other("short seqpacket send")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message and its `more` flag; `None` when the peer closed between messages.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<(T, bool)>, WireError> {
+        loop {
+            let info = self.sock.recv(&mut self.rx).await?;
+            if info.bytes_read() == 0 {
+                // An empty datagram is never sent, so this is end-of-stream.
+                return if self.reassembler.in_progress() {
+                    Err(WireError::ClosedMidMessage)
+                } else {
+                    Ok(None)
+                };
+            }
+            if info.truncated() {
+                return Err(FrameError::Oversized.into());
+            }
+            if let Some(message) = self.reassembler.push(&self.rx[..info.bytes_read()])? {
+                return Ok(Some((codec::decode(&message.bytes)?, message.more)));
+            }
+        }
+    }
+
+    /// Sends raw bytes as one datagram, bypassing framing. For hostile-client tests only.
+    pub async fn send_raw(&self, datagram: &[u8]) -> std::io::Result<usize> {
+        self.sock.send(datagram).await
+    }
+}
+
+/// A server the typed [`Client`] can talk to.
+pub trait Service {
+    const KIND: ServiceKind;
+    type Request: Serialize;
+    type Response: DeserializeOwned;
+}
+
+/// `bangerd`, spoken to by the CLI.
+pub struct Daemon;
+impl Service for Daemon {
+    const KIND: ServiceKind = ServiceKind::Daemon;
+    type Request = Request;
+    type Response = Response;
+}
+
+/// `banger-helper`, spoken to by the daemon.
+pub struct Helper;
+impl Service for Helper {
+    const KIND: ServiceKind = ServiceKind::Helper;
+    type Request = HelperRequest;
+    type Response = HelperResponse;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect { path: PathBuf, source: std::io::Error },
+    /// The server answered the handshake with a refusal, or the client refuses the server.
+    #[error("{0}")]
+    Refused(Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the server closed the connection before replying")]
+    Closed,
+    #[error("the server sent a stream where one reply was expected")]
+    UnexpectedStream,
+}
+
+/// The client end of a connection, after a successful handshake.
+pub struct Client<S: Service> {
+    chan: Channel,
+    /// The protocol version both sides speak.
+    pub version: u32,
+    /// What the server said of itself.
+    pub server: Hello,
+    _service: PhantomData<S>,
+}
+
+impl<S: Service> Client<S> {
+    /// Connects and handshakes as `program` (e.g. `banger`).
+    pub async fn connect(path: &Path, program: &str) -> Result<Self, ClientError> {
+        let sock = UnixSeqpacket::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::handshake(Channel::new(sock), Hello::new(S::KIND, program)).await
+    }
+
+    /// Handshakes on an existing channel with a given `Hello` (tests use odd ones).
+    pub async fn handshake(mut chan: Channel, ours: Hello) -> Result<Self, ClientError> {
+        chan.send(&ours, false).await?;
+        let (reply, _): (ServerHello, bool) = chan.recv().await?.ok_or(ClientError::Closed)?;
+        let version = reply.result.map_err(ClientError::Refused)?;
+        // The server chose; check it chose something we speak.
+        if version < ours.min_version || version > ours.max_version {
+            return Err(ClientError::Refused(handshake::version_mismatch(
+                &ours,
+                &reply.hello,
+            )));
+        }
+        Ok(Client {
+            chan,
+            version,
+            server: reply.hello,
+            _service: PhantomData,
+        })
+    }
+
+    /// Sends a request and returns its single reply.
+    pub async fn call(&mut self, request: &S::Request) -> Result<S::Response, ClientError> {
+        self.send(request).await?;
+        match self.next().await? {
+            Some((reply, false)) => Ok(reply),
+            Some((_, true)) => Err(ClientError::UnexpectedStream),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    pub async fn send(&mut self, request: &S::Request) -> Result<(), ClientError> {
+        Ok(self.chan.send(request, false).await?)
+    }
+
+    /// The next reply of a stream, with whether more follow.
+    pub async fn next(&mut self) -> Result<Option<(S::Response, bool)>, ClientError> {
+        Ok(self.chan.recv().await?)
+    }
+
+    pub fn into_channel(self) -> Channel {
+        self.chan
+    }
+}
+
+/// The server side of the handshake. `admit` is the server's verdict on the peer (uid checks);
+/// a refusal is sent and returned as `Err`, and the caller closes the connection.
+pub async fn server_handshake(
+    chan: &mut Channel,
+    ours: &Hello,
+    admit: Result<(), Error>,
+) -> Result<u32, Error> {
+    let received = tokio::time::timeout(HANDSHAKE_TIMEOUT, chan.recv::<Hello>()).await;
+    let verdict = match received {
+        Err(_) => Err(Error::protocol("no handshake within 5 s")),
+        Ok(Ok(Some((theirs, _)))) => handshake::negotiate(ours, &theirs).and_then(|v| admit.map(|()| v)),
+        Ok(Ok(None)) => Err(Error::protocol("closed before the handshake")),
+        Ok(Err(e)) => Err(Error::protocol(format!("the peer is not a banger client: {e}"))),
+    };
+    // A peer that vanished cannot be told; the verdict stands either way.
+    let _ = chan
+        .send(
+            &ServerHello {
+                hello: ours.clone(),
+                result: verdict.clone(),
+            },
+            false,
+        )
+        .await;
+    verdict
+}
+
+/// Errors a client should turn into advice when it cannot reach or use a daemon.
+pub fn is_not_running(err: &ClientError) -> bool {
+    matches!(err, ClientError::Connect { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+}
+
+pub fn is_permission_denied(err: &ClientError) -> bool {
+    match err {
+        ClientError::Connect { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+        ClientError::Refused(e) => e.kind == ErrorKind::PermissionDenied,
+        _ => false,
+    }
+}
