@@ -1,1 +1,41 @@
-fn main() {}
+//! `banger`: the command line. Thin: parse, call the daemon, print. Every failure is a typed
+//! [`protocol::Error`] printed as a message and a hint, with an exit code chosen by its kind.
+
+mod args;
+mod client;
+mod commands;
+mod output;
+mod systemd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::output::Output;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(cli.global.json);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            out.error(&protocol::Error::internal(format!("cannot start a runtime: {e}")));
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Version => commands::version::run(&cli.global, &out).await,
+            Command::Daemon(cmd) => commands::daemon::run(&cli.global, cmd, &out).await,
+            Command::Completion { shell } => commands::completion::run(shell),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::from(e.kind.exit_code() as u8)
+        }
+    }
+}

@@ -1,1 +1,78 @@
-fn main() {}
+//! `bangerd`: the owner daemon. Parses flags, binds the socket, then hands everything to the
+//! root supervisor running on an actix `System` over a multi-thread tokio runtime.
+
+mod api_server;
+mod child;
+mod config;
+mod connection;
+mod helper;
+mod logging;
+mod notify;
+mod peer;
+mod store;
+mod supervisor;
+
+use std::process::ExitCode;
+
+use actix::Actor;
+use clap::Parser;
+use slog::{error, info, o};
+
+use crate::config::{Args, Config};
+use crate::supervisor::{Shutdown, Supervisor};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log = logging::build(args.log_format, args.log_level);
+    let config = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(log, "bad configuration"; "error" => %e);
+            eprintln!("bangerd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match api_server::bind(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bangerd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = config.socket.clone();
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime can be built at start-up")
+    });
+    let result = system.block_on(async move {
+        info!(log, "starting"; "socket" => %config.socket.display(), "state_dir" => %config.layout.state_dir.display(),
+            "chaos" => cfg!(feature = "chaos"));
+        let root = Supervisor::new(config, listener, log.new(o!("actor" => "supervisor"))).start();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        actix_rt::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            root.do_send(Shutdown { reason: "signal" });
+        });
+        Ok::<_, std::io::Error>(())
+    });
+    if let Err(e) = result {
+        eprintln!("bangerd: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    let code = system.run();
+    let _ = std::fs::remove_file(&socket);
+    match code {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bangerd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

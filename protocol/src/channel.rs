@@ -249,3 +249,58 @@ pub fn is_permission_denied(err: &ClientError) -> bool {
         _ => false,
     }
 }
+
+/// Who may reach a listening socket through the filesystem; SO_PEERCRED is checked as well.
+pub struct SocketAccess {
+    /// 0o600 for the owner alone, 0o660 with a group.
+    pub mode: u32,
+    pub owner: Option<nix::unistd::Uid>,
+    pub group: Option<nix::unistd::Gid>,
+}
+
+/// Binds a listening seqpacket socket at `path` with exactly `access`, creating its directory.
+/// Refuses to replace a socket some server still answers on; removes a stale one.
+pub fn bind_listener(path: &Path, access: &SocketAccess) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+    use nix::sys::stat::{Mode, umask};
+
+    let shown = path.display();
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("socket path {shown} has no directory"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if UnixSeqpacket::connect_blocking(path).is_ok() {
+        return Err(format!(
+            "something is already listening on {shown}; stop it first, or choose another --socket"
+        ));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove the stale socket {shown}: {e}")),
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("cannot create a socket: {e}"))?;
+    let addr = UnixAddr::new(path).map_err(|e| format!("bad socket path {shown}: {e}"))?;
+    // Bind under a tight umask so the socket is never wider than its final mode, even briefly.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = bind(fd.as_raw_fd(), &addr);
+    umask(old);
+    bound.map_err(|e| format!("cannot bind {shown}: {e}"))?;
+    if access.owner.is_some() || access.group.is_some() {
+        nix::unistd::chown(path, access.owner, access.group)
+            .map_err(|e| format!("cannot chown {shown}: {e}"))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| format!("cannot chmod {shown}: {e}"))?;
+    listen(&fd, Backlog::MAXCONN).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+    Ok(fd)
+}

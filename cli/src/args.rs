@@ -1,0 +1,144 @@
+//! The command-line grammar (clap derive). One subcommand group per file in `commands/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use protocol::paths::Layout;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "banger",
+    version,
+    about = "Disposable Linux microVMs",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Talk to the daemon on this socket.
+    #[arg(long, global = true, env = "BANGER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Keep all state and sockets under this directory (tests, several daemons on one host).
+    #[arg(long, global = true, env = "BANGER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Use the system service's socket and state (/run/banger, /var/lib/banger).
+    #[arg(long, global = true)]
+    pub system: bool,
+}
+
+impl Global {
+    pub fn layout(&self) -> Layout {
+        Layout::resolve(self.state_dir.as_deref(), self.system)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.layout().daemon_socket())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the client's and the daemon's versions.
+    Version,
+    /// Start, stop, inspect or install the daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Print a shell completion script, e.g. `banger completion bash > /etc/bash_completion.d/banger`.
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start bangerd (and banger-helper when root); uses systemd when the units are installed.
+    Start(StartArgs),
+    /// Stop bangerd (and the helper this command started).
+    Stop(StopArgs),
+    /// Stop, then start.
+    Restart(StartArgs),
+    /// Show the daemon's actor tree, restarts and uptime.
+    Status,
+    /// Write systemd units and enable them where systemd runs.
+    Install(InstallArgs),
+    /// Disable and remove the systemd units.
+    Uninstall(InstallArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    /// How long to wait for the daemon to answer.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Members of this group may use the daemon's socket too.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Do not start banger-helper even when running as root.
+    #[arg(long)]
+    pub no_helper: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Install the per-user units (systemctl --user) instead of the system ones.
+    #[arg(long)]
+    pub user: bool,
+    /// Write the units here instead of systemd's directory.
+    #[arg(long)]
+    pub unit_dir: Option<PathBuf>,
+    /// Members of this group may use the system daemon's socket.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only write (or remove) the files; do not call systemctl.
+    #[arg(long)]
+    pub no_enable: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration: use e.g. 500ms, 15s or 2m");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

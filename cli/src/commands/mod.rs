@@ -1,0 +1,5 @@
+//! One file per command group, each a short function: parse, call, print.
+
+pub mod completion;
+pub mod daemon;
+pub mod version;

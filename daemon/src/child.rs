@@ -1,0 +1,120 @@
+//! What every supervised actor carries and answers.
+//!
+//! actix does not restart an actor that panicked; its future is simply dropped. So each child
+//! owns a [`ChildGuard`] whose `Drop` reports the exit to the supervisor, clean or not, and the
+//! supervisor decides what happens next.
+
+use actix::prelude::*;
+use slog::Logger;
+
+use crate::config::Config;
+
+/// Sent by a child's guard when the child is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    pub name: &'static str,
+    pub incarnation: u64,
+    /// False when the actor was dropped without `stopped()` running: it panicked.
+    pub clean: bool,
+}
+
+/// Sent by a child once it is up and serving.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChildStarted {
+    pub name: &'static str,
+    pub incarnation: u64,
+}
+
+/// Asks a child for a one-line description of what it is doing, for `Status`.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct Describe;
+
+/// The supervisor's orders to a child.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub enum Control {
+    /// Stop cleanly (shutdown, or a chaos `Stop`).
+    Stop,
+    /// Panic inside this handler (chaos builds only send it).
+    Panic,
+}
+
+/// Everything a child is built from. The supervisor makes a fresh one for every incarnation.
+pub struct ChildCtx {
+    pub config: Config,
+    pub log: Logger,
+    pub guard: ChildGuard,
+}
+
+pub struct ChildGuard {
+    name: &'static str,
+    incarnation: u64,
+    parent: Recipient<ChildExited>,
+    started: Recipient<ChildStarted>,
+    fail_on_start: bool,
+    clean: bool,
+}
+
+impl ChildGuard {
+    pub fn new(
+        name: &'static str,
+        incarnation: u64,
+        parent: Recipient<ChildExited>,
+        started: Recipient<ChildStarted>,
+        fail_on_start: bool,
+    ) -> Self {
+        ChildGuard {
+            name,
+            incarnation,
+            parent,
+            started,
+            fail_on_start,
+            clean: false,
+        }
+    }
+
+    /// Call from the child's `started()` once it is serving.
+    pub fn started(&self) {
+        if self.fail_on_start {
+            panic!("chaos: {} fails as it starts", self.name);
+        }
+        self.started.do_send(ChildStarted {
+            name: self.name,
+            incarnation: self.incarnation,
+        });
+    }
+
+    /// Call from the child's `stopped()`: the exit was orderly.
+    pub fn stopped(&mut self) {
+        self.clean = true;
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.parent.do_send(ChildExited {
+            name: self.name,
+            incarnation: self.incarnation,
+            clean: self.clean,
+        });
+    }
+}
+
+/// Implements the [`Control`] handler every child shares.
+#[macro_export]
+macro_rules! handle_control {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::child::Control> for $actor {
+            type Result = ();
+            fn handle(&mut self, msg: $crate::child::Control, ctx: &mut Self::Context) {
+                match msg {
+                    $crate::child::Control::Stop => actix::ActorContext::stop(ctx),
+                    $crate::child::Control::Panic => panic!("chaos: injected panic"),
+                }
+            }
+        }
+    };
+}

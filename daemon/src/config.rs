@@ -1,0 +1,93 @@
+//! Command-line flags and the configuration every actor is built from.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use nix::unistd::{Gid, Group, Uid};
+use protocol::paths::Layout;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "bangerd", version, about = "The banger owner daemon")]
+pub struct Args {
+    /// Listen here instead of the default socket.
+    #[arg(long, env = "BANGER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Keep all state (and the default sockets) under this directory.
+    #[arg(long, env = "BANGER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Run as the system service: /run/banger and /var/lib/banger.
+    #[arg(long)]
+    pub system: bool,
+    /// Members of this group may use the socket too (mode 0660).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// banger-helper's socket; default: helper.sock beside the daemon socket when it exists.
+    #[arg(long)]
+    pub helper_socket: Option<PathBuf>,
+    /// Do not connect to a helper at all.
+    #[arg(long, conflicts_with = "helper_socket")]
+    pub no_helper: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    /// error, warning, info, debug or trace.
+    #[arg(long, default_value = "info", value_parser = parse_level)]
+    pub log_level: slog::Level,
+}
+
+fn parse_level(s: &str) -> Result<slog::Level, String> {
+    s.parse()
+        .map_err(|()| format!("unknown log level {s:?}: use error, warning, info, debug or trace"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub layout: Layout,
+    pub socket: PathBuf,
+    /// Who may connect besides root: the daemon's own uid, and this group's members.
+    pub owner: Uid,
+    pub group: Option<(Gid, String)>,
+    pub helper_socket: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Self, String> {
+        let layout = Layout::resolve(args.state_dir.as_deref(), args.system);
+        let socket = args.socket.clone().unwrap_or_else(|| layout.daemon_socket());
+        let group = match &args.group {
+            None => None,
+            Some(name) => match Group::from_name(name) {
+                Ok(Some(g)) => Some((g.gid, name.clone())),
+                Ok(None) => {
+                    return Err(format!(
+                        "group {name:?} does not exist: create it with `groupadd {name}`"
+                    ));
+                }
+                Err(e) => return Err(format!("cannot look up group {name:?}: {e}")),
+            },
+        };
+        let helper_socket = if args.no_helper {
+            None
+        } else {
+            Some(
+                args.helper_socket
+                    .clone()
+                    .unwrap_or_else(|| layout.helper_socket()),
+            )
+        };
+        Ok(Config {
+            layout,
+            socket,
+            owner: Uid::effective(),
+            group,
+            helper_socket,
+        })
+    }
+}

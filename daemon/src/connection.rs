@@ -1,0 +1,161 @@
+//! Connection: one per client. Runs the handshake, then routes each [`Request`] to the actor
+//! that owns the answer and writes the reply. Its session runs as a future inside the actor's
+//! context, so the session ends when the actor stops and the actor stops when the session ends.
+//! Tells its ApiServer when it closes.
+
+use actix::prelude::*;
+use protocol::channel::{Channel, WireError, server_handshake};
+use protocol::daemon::{ChaosAction, Request, Response, VersionInfo};
+use protocol::handshake::{Hello, ServiceKind};
+use protocol::{Error, ErrorKind};
+use slog::{Logger, debug, info, warn};
+use tokio_seqpacket::UnixSeqpacket;
+
+use crate::api_server::ConnectionClosed;
+use crate::config::Config;
+use crate::supervisor::{Chaos, GetStatus, Shutdown, Supervisor};
+
+/// What a connection needs to answer requests.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Config,
+    pub supervisor: Addr<Supervisor>,
+}
+
+pub struct Connection {
+    session: Option<(UnixSeqpacket, Result<(), Error>)>,
+    deps: Deps,
+    server: Recipient<ConnectionClosed>,
+    log: Logger,
+}
+
+impl Connection {
+    pub fn new(
+        sock: UnixSeqpacket,
+        verdict: Result<(), Error>,
+        deps: Deps,
+        server: Recipient<ConnectionClosed>,
+        log: Logger,
+    ) -> Self {
+        Connection {
+            session: Some((sock, verdict)),
+            deps,
+            server,
+            log,
+        }
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some((sock, verdict)) = self.session.take() {
+            let session = serve(Channel::new(sock), verdict, self.deps.clone(), self.log.clone());
+            ctx.spawn(session.into_actor(self).map(|(), _, ctx| ctx.stop()));
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.server.do_send(ConnectionClosed);
+    }
+}
+
+async fn serve(mut chan: Channel, verdict: Result<(), Error>, deps: Deps, log: Logger) {
+    let ours = Hello::new(ServiceKind::Daemon, "bangerd");
+    let version = match server_handshake(&mut chan, &ours, verdict).await {
+        Ok(v) => v,
+        Err(e) => {
+            info!(log, "connection refused"; "reason" => %e.message);
+            return;
+        }
+    };
+    debug!(log, "connected"; "protocol" => version);
+    loop {
+        let request = match chan.recv::<Request>().await {
+            Ok(Some((request, _))) => request,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(log, "closing a connection that sent a bad message"; "error" => %e);
+                if let Some(reply) = e.to_reply() {
+                    let _ = chan.send(&Response::Error(reply), false).await;
+                }
+                return;
+            }
+        };
+        if let Err(e) = route(&chan, request, version, &deps).await {
+            debug!(log, "reply failed"; "error" => %e);
+            return;
+        }
+    }
+}
+
+async fn route(chan: &Channel, request: Request, version: u32, deps: &Deps) -> Result<(), WireError> {
+    let reply = match request {
+        Request::Ping => Response::Pong,
+        Request::Version => Response::Version(version_info(version)),
+        Request::Status => match deps.supervisor.send(GetStatus).await {
+            Ok(mut report) => {
+                report.version.protocol = version;
+                Response::Status(report)
+            }
+            Err(e) => Response::Error(Error::new(
+                ErrorKind::Unavailable,
+                format!("the supervisor did not answer: {e}"),
+            )),
+        },
+        Request::Shutdown => {
+            chan.send(&Response::Ok, false).await?;
+            deps.supervisor.do_send(Shutdown {
+                reason: "requested by a client",
+            });
+            return Ok(());
+        }
+        Request::Chaos(action) if cfg!(feature = "chaos") => return chaos(chan, action, deps).await,
+        Request::Chaos(_) => Response::Error(
+            Error::new(
+                ErrorKind::InvalidInput,
+                "this bangerd was built without fault injection",
+            )
+            .with_hint("build it with `--features chaos` to run chaos-tests"),
+        ),
+    };
+    chan.send(&reply, false).await
+}
+
+pub fn version_info(protocol: u32) -> VersionInfo {
+    VersionInfo {
+        software: format!("bangerd {}", protocol::SOFTWARE_VERSION),
+        protocol,
+        chaos: cfg!(feature = "chaos"),
+    }
+}
+
+/// The most frames one `Echo` may ask for.
+const MAX_ECHO_FRAMES: u32 = 10_000;
+
+async fn chaos(chan: &Channel, action: ChaosAction, deps: &Deps) -> Result<(), WireError> {
+    if let ChaosAction::Echo { payload, repeat } = action {
+        if repeat > MAX_ECHO_FRAMES {
+            let e = Error::new(
+                ErrorKind::InvalidInput,
+                format!("echo repeat is capped at {MAX_ECHO_FRAMES}"),
+            );
+            return chan.send(&Response::Error(e), false).await;
+        }
+        if repeat == 0 {
+            return chan.send(&Response::Ok, false).await;
+        }
+        let reply = Response::Echo(payload);
+        for i in 0..repeat {
+            chan.send(&reply, i + 1 < repeat).await?;
+        }
+        return Ok(());
+    }
+    let reply = match deps.supervisor.send(Chaos(action)).await {
+        Ok(Ok(())) => Response::Ok,
+        Ok(Err(e)) => Response::Error(e),
+        Err(e) => Response::Error(Error::internal(format!("the supervisor did not answer: {e}"))),
+    };
+    chan.send(&reply, false).await
+}

@@ -1,0 +1,121 @@
+//! The helper's socket: one task per connection, the owner uid only, one request at a time.
+
+use std::path::PathBuf;
+
+use nix::unistd::{Uid, User};
+use protocol::channel::{Channel, SocketAccess, bind_listener, server_handshake};
+use protocol::daemon::VersionInfo;
+use protocol::handshake::{Hello, ServiceKind};
+use protocol::helper::{HelperRequest, HelperResponse};
+use protocol::{Error, ErrorKind};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+
+pub struct Config {
+    pub socket: PathBuf,
+    pub owner: Uid,
+    pub pid_file: Option<PathBuf>,
+}
+
+pub async fn run(config: Config) -> Result<(), String> {
+    let access = SocketAccess {
+        mode: 0o600,
+        owner: Some(config.owner),
+        group: None,
+    };
+    let fd = bind_listener(&config.socket, &access)?;
+    let mut listener =
+        UnixSeqpacketListener::try_from(fd).map_err(|e| format!("cannot register the socket: {e}"))?;
+    if let Some(p) = &config.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    log(&format!(
+        "listening on {} for uid {}",
+        config.socket.display(),
+        config.owner
+    ));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(sock) => { tokio::spawn(serve(sock, config.owner)); }
+                Err(e) => log(&format!("accept failed: {e}")),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    log("stopping");
+    let _ = std::fs::remove_file(&config.socket);
+    if let Some(p) = &config.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+fn log(line: &str) {
+    eprintln!("banger-helper[{}]: {line}", std::process::id());
+}
+
+fn admit(owner: Uid, sock: &UnixSeqpacket) -> Result<(), Error> {
+    let uid = Uid::from_raw(
+        sock.peer_cred()
+            .map_err(|e| Error::internal(format!("no peer credentials: {e}")))?
+            .uid(),
+    );
+    if uid == owner {
+        return Ok(());
+    }
+    let name = |u: Uid| {
+        User::from_uid(u)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| u.to_string())
+    };
+    Err(Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "banger-helper serves only {} (uid {owner}); uid {uid} ({}) may not use it",
+            name(owner),
+            name(uid)
+        ),
+    )
+    .with_hint("only bangerd talks to the helper; use the `banger` command instead"))
+}
+
+async fn serve(sock: UnixSeqpacket, owner: Uid) {
+    let verdict = admit(owner, &sock);
+    let mut chan = Channel::new(sock);
+    let ours = Hello::new(ServiceKind::Helper, "banger-helper");
+    let protocol = match server_handshake(&mut chan, &ours, verdict).await {
+        Ok(v) => v,
+        Err(e) => return log(&format!("refused a connection: {}", e.message)),
+    };
+    loop {
+        let request = match chan.recv::<HelperRequest>().await {
+            Ok(Some((r, _))) => r,
+            Ok(None) => return,
+            Err(e) => {
+                log(&format!("closing a connection that sent a bad message: {e}"));
+                if let Some(reply) = e.to_reply() {
+                    let _ = chan.send(&HelperResponse::Error(reply), false).await;
+                }
+                return;
+            }
+        };
+        let reply = match request {
+            HelperRequest::Ping => HelperResponse::Pong,
+            HelperRequest::Version => HelperResponse::Version(VersionInfo {
+                software: format!("banger-helper {}", protocol::SOFTWARE_VERSION),
+                protocol,
+                chaos: false,
+            }),
+        };
+        if chan.send(&reply, false).await.is_err() {
+            return;
+        }
+    }
+}
