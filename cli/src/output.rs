@@ -5,6 +5,11 @@ use std::io::IsTerminal;
 
 use serde::Serialize;
 
+/// NO_COLOR (https://no-color.org): any non-empty value turns colour off.
+fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 pub struct Output {
     pub json: bool,
     colour: bool,
@@ -19,9 +24,7 @@ pub enum Tone {
 
 impl Output {
     pub fn new(json: bool) -> Self {
-        let colour = !json
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            && std::io::stdout().is_terminal();
+        let colour = !json && colour_allowed() && std::io::stdout().is_terminal();
         Output { json, colour }
     }
 
@@ -50,8 +53,7 @@ impl Output {
             self.json(&serde_json::json!({ "error": e }));
             return;
         }
-        let colour =
-            !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) && std::io::stderr().is_terminal();
+        let colour = colour_allowed() && std::io::stderr().is_terminal();
         let (err, hint) = if colour {
             ("\x1b[31;1merror:\x1b[0m", "\x1b[36mhint:\x1b[0m")
         } else {

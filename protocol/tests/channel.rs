@@ -1,6 +1,8 @@
 //! The transport over a real seqpacket socket pair: chunked messages, streams, the handshake,
 //! and hostile datagrams.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use banger_protocol::channel::{Channel, Client, ClientError, Daemon, WireError, server_handshake};
 use banger_protocol::daemon::{Request, Response};
 use banger_protocol::frame::{FrameError, MAX_DATAGRAM};

@@ -2,6 +2,8 @@
 //! change was a mistake, or it is deliberate and needs a protocol version bump
 //! (`docs/protocol.md`) before the snapshot is updated (`cargo insta review`).
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use banger_protocol::codec::encode;
 use banger_protocol::daemon::{
     ActorState, ActorStatus, ChaosAction, Request, Response, StatusReport, VersionInfo,
