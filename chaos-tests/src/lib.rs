@@ -1,1 +1,312 @@
+//! The harness for system tests: find the real binaries, run a daemon in a private state dir,
+//! talk to it, and skip (only) where the host lacks a capability.
+//!
+//! Binaries come from `BANGER_BIN_DIR`, else the cargo target dir these tests were built into.
+//! Build them first with `cargo build --workspace --features bangerd/chaos` (the README's test
+//! command does).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a panic is the failure report
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::channel::{Client, Daemon as DaemonService, Helper};
+use protocol::daemon::{Request, Response, StatusReport};
+
+pub use protocol;
+
+/// Where bangerd, banger-helper and banger are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BANGER_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    if deps.ends_with("deps") {
+        deps.parent().expect("profile dir").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first with `cargo build --workspace --features bangerd/chaos`",
+        p.display()
+    );
+    p
+}
+
+/// True when the capability is present. When it is not, prints why the test skips — unless
+/// `BANGER_REQUIRE` (set by CI) lists the capability, in which case the skip is a failure.
+pub fn capable(capability: &str, present: bool, why: &str) -> bool {
+    if present {
+        return true;
+    }
+    let required = std::env::var("BANGER_REQUIRE").unwrap_or_default();
+    if required.split(',').any(|c| c.trim() == capability) {
+        panic!("capability {capability:?} is required here (BANGER_REQUIRE) but missing: {why}");
+    }
+    eprintln!("SKIP: {why}");
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Polls `op` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = op().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Options for a test daemon.
+#[derive(Default)]
+pub struct DaemonOpts {
+    pub helper_socket: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub extra_args: Vec<String>,
+}
+
+/// A real bangerd in its own temporary state dir; killed when dropped.
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl TestDaemon {
+    pub async fn start() -> Self {
+        Self::start_with(DaemonOpts::default()).await
+    }
+
+    pub async fn start_with(opts: DaemonOpts) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("banger-test-")
+            .tempdir()
+            .expect("temp dir");
+        // Other test users must be able to reach the socket path (its own mode still applies).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let socket = dir.path().join("run/bangerd.sock");
+        let log = dir.path().join("bangerd.log");
+        let child = Self::spawn(dir.path(), &socket, &log, &opts);
+        let d = TestDaemon {
+            dir,
+            socket,
+            log,
+            child,
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    fn spawn(dir: &Path, socket: &Path, log: &Path, opts: &DaemonOpts) -> Child {
+        let file = std::fs::File::create(log).expect("log file");
+        let mut cmd = Command::new(bin("bangerd"));
+        cmd.arg("--state-dir")
+            .arg(dir)
+            .arg("--socket")
+            .arg(socket)
+            .args(["--log-format", "json"]);
+        match &opts.helper_socket {
+            Some(p) => cmd.arg("--helper-socket").arg(p),
+            None => cmd.arg("--no-helper"),
+        };
+        cmd.args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn bangerd")
+    }
+
+    pub async fn wait_ready(&self) {
+        let socket = self.socket.clone();
+        wait_until(Duration::from_secs(15), "bangerd to answer a ping", || {
+            let socket = socket.clone();
+            async move {
+                let mut c = Client::<DaemonService>::connect(&socket, "test").await.ok()?;
+                matches!(c.call(&Request::Ping).await, Ok(Response::Pong)).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn client(&self) -> Client<DaemonService> {
+        Client::connect(&self.socket, "test")
+            .await
+            .expect("connect to bangerd")
+    }
+
+    pub async fn call(&self, request: &Request) -> Response {
+        self.client().await.call(request).await.expect("daemon call")
+    }
+
+    pub async fn status(&self) -> StatusReport {
+        match self.call(&Request::Status).await {
+            Response::Status(s) => s,
+            other => panic!("expected a status, got {other:?}"),
+        }
+    }
+
+    /// Runs the real CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        banger(self.dir.path(), args)
+    }
+
+    /// Waits for the process to exit and returns its status (after SIGTERM or Shutdown).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bangerd did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `banger --state-dir DIR ARGS…` with colour off.
+pub fn banger(state_dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("banger"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("BANGER_SOCKET")
+        .env_remove("BANGER_STATE_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run banger")
+}
+
+/// A real banger-helper (root only) serving `owner`; killed when dropped.
+pub struct TestHelper {
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl TestHelper {
+    pub async fn start(socket: &Path, owner: u32) -> Self {
+        let child = Command::new(bin("banger-helper"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["--owner-uid", &owner.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn banger-helper");
+        let h = TestHelper {
+            socket: socket.to_path_buf(),
+            child,
+        };
+        let s = socket.to_path_buf();
+        wait_until(Duration::from_secs(10), "banger-helper to answer", || {
+            let s = s.clone();
+            async move { Client::<Helper>::connect(&s, "test").await.ok().map(|_| ()) }
+        })
+        .await;
+        h
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestHelper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Creates (once) an unprivileged user for "another uid" tests and returns its uid and gid.
+pub fn other_user() -> (u32, u32) {
+    const NAME: &str = "banger-test-other";
+    if nix::unistd::User::from_name(NAME).ok().flatten().is_none() {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                NAME,
+            ])
+            .output()
+            .expect("run useradd");
+        // Another test may have created it in the meantime (exit 9: already exists).
+        assert!(
+            out.status.success() || out.status.code() == Some(9),
+            "useradd failed: {out:?}"
+        );
+    }
+    let u = nix::unistd::User::from_name(NAME)
+        .expect("user lookup")
+        .expect("user exists");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

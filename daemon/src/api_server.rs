@@ -68,10 +68,6 @@ impl Actor for ApiServer {
         info!(self.log, "accepting connections");
         self.guard.started();
     }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.guard.stopped();
-    }
 }
 
 impl StreamHandler<std::io::Result<UnixSeqpacket>> for ApiServer {

@@ -15,8 +15,9 @@ use crate::config::Config;
 pub struct ChildExited {
     pub name: &'static str,
     pub incarnation: u64,
-    /// False when the actor was dropped without `stopped()` running: it panicked.
-    pub clean: bool,
+    /// Why it exited, as the child said; `None` when it never said: it panicked. (actix runs
+    /// `stopped()` even when it drops a panicked actor, so that hook cannot tell the two apart.)
+    pub reason: Option<String>,
 }
 
 /// Sent by a child once it is up and serving.
@@ -55,7 +56,7 @@ pub struct ChildGuard {
     parent: Recipient<ChildExited>,
     started: Recipient<ChildStarted>,
     fail_on_start: bool,
-    clean: bool,
+    exit: Option<String>,
 }
 
 impl ChildGuard {
@@ -72,7 +73,7 @@ impl ChildGuard {
             parent,
             started,
             fail_on_start,
-            clean: false,
+            exit: None,
         }
     }
 
@@ -87,9 +88,9 @@ impl ChildGuard {
         });
     }
 
-    /// Call from the child's `stopped()`: the exit was orderly.
-    pub fn stopped(&mut self) {
-        self.clean = true;
+    /// Records why the child is about to stop; call before `ctx.stop()`.
+    pub fn exiting(&mut self, reason: impl Into<String>) {
+        self.exit = Some(reason.into());
     }
 }
 
@@ -98,12 +99,12 @@ impl Drop for ChildGuard {
         self.parent.do_send(ChildExited {
             name: self.name,
             incarnation: self.incarnation,
-            clean: self.clean,
+            reason: self.exit.take(),
         });
     }
 }
 
-/// Implements the [`Control`] handler every child shares.
+/// Implements the [`Control`] handler every child shares (the actor keeps its guard in `guard`).
 #[macro_export]
 macro_rules! handle_control {
     ($actor:ty) => {
@@ -111,7 +112,10 @@ macro_rules! handle_control {
             type Result = ();
             fn handle(&mut self, msg: $crate::child::Control, ctx: &mut Self::Context) {
                 match msg {
-                    $crate::child::Control::Stop => actix::ActorContext::stop(ctx),
+                    $crate::child::Control::Stop => {
+                        self.guard.exiting("stopped");
+                        actix::ActorContext::stop(ctx)
+                    }
                     $crate::child::Control::Panic => panic!("chaos: injected panic"),
                 }
             }

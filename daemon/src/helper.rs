@@ -94,10 +94,6 @@ impl Actor for HelperLink {
         }
         self.guard.started();
     }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.guard.stopped();
-    }
 }
 
 impl Handler<Describe> for HelperLink {

@@ -48,15 +48,13 @@ impl Actor for Store {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Err(e) = self.prepare() {
             error!(self.log, "cannot prepare the state directory"; "dir" => %self.root.display(), "error" => %e);
+            self.guard
+                .exiting(format!("cannot prepare {}: {e}", self.root.display()));
             ctx.stop();
             return;
         }
         info!(self.log, "state directory ready"; "dir" => %self.root.display());
         self.guard.started();
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.guard.stopped();
     }
 }
 

@@ -259,8 +259,8 @@ impl Handler<ChildExited> for Supervisor {
         let shutting_down = self.shutting_down;
         let slot = &mut self.slots[index];
         slot.handle = None;
-        let how = if msg.clean { "stopped" } else { "panicked" };
-        slot.last_exit = Some(how.to_string());
+        let how = msg.reason.unwrap_or_else(|| "panicked".into());
+        slot.last_exit = Some(how.clone());
         if shutting_down {
             slot.state = ActorState::Stopped;
             self.continue_shutdown(ctx);
@@ -278,7 +278,7 @@ impl Handler<ChildExited> for Supervisor {
         slot.state = ActorState::Restarting {
             in_ms: delay.as_millis() as u64,
         };
-        warn!(self.log, "child exited; restarting"; "child" => slot.name, "how" => how,
+        warn!(self.log, "child exited; restarting"; "child" => slot.name, "how" => &how,
             "restarts" => slot.restarts, "delay_ms" => delay.as_millis() as u64);
         self.notifier.status(&format!(
             "restarting {} ({how}) in {} ms",
