@@ -143,8 +143,9 @@ impl TestDaemon {
             None => cmd.arg("--no-helper"),
         };
         cmd.args(&opts.extra_args)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

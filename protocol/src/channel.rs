@@ -80,8 +80,17 @@ impl Channel {
 
     /// Receives one message and its `more` flag; `None` when the peer closed between messages.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<(T, bool)>, WireError> {
+        let mut reset_seen = false;
         loop {
-            let info = self.sock.recv(&mut self.rx).await?;
+            let info = match self.sock.recv(&mut self.rx).await {
+                // A peer that closes with our datagrams unread leaves a one-shot ECONNRESET that
+                // the kernel reports before the replies it sent us; read on to get them.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !reset_seen => {
+                    reset_seen = true;
+                    continue;
+                }
+                other => other?,
+            };
             if info.bytes_read() == 0 {
                 // An empty datagram is never sent, so this is end-of-stream.
                 return if self.reassembler.in_progress() {
