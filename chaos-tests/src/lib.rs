@@ -71,10 +71,7 @@ where
         if let Some(v) = op().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -111,21 +108,13 @@ impl TestDaemon {
     }
 
     pub async fn start_with(opts: DaemonOpts) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("banger-test-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("banger-test-").tempdir().expect("temp dir");
         // Other test users must be able to reach the socket path (its own mode still applies).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.path().join("run/bangerd.sock");
         let log = dir.path().join("bangerd.log");
         let child = Self::spawn(dir.path(), &socket, &log, &opts);
-        let d = TestDaemon {
-            dir,
-            socket,
-            log,
-            child,
-        };
+        let d = TestDaemon { dir, socket, log, child };
         d.wait_ready().await;
         d
     }
@@ -133,11 +122,7 @@ impl TestDaemon {
     fn spawn(dir: &Path, socket: &Path, log: &Path, opts: &DaemonOpts) -> Child {
         let file = std::fs::File::create(log).expect("log file");
         let mut cmd = Command::new(bin("bangerd"));
-        cmd.arg("--state-dir")
-            .arg(dir)
-            .arg("--socket")
-            .arg(socket)
-            .args(["--log-format", "json"]);
+        cmd.arg("--state-dir").arg(dir).arg("--socket").arg(socket).args(["--log-format", "json"]);
         match &opts.helper_socket {
             Some(p) => cmd.arg("--helper-socket").arg(p),
             None => cmd.arg("--no-helper"),
@@ -170,9 +155,7 @@ impl TestDaemon {
     }
 
     pub async fn client(&self) -> Client<DaemonService> {
-        Client::connect(&self.socket, "test")
-            .await
-            .expect("connect to bangerd")
+        Client::connect(&self.socket, "test").await.expect("connect to bangerd")
     }
 
     pub async fn call(&self, request: &Request) -> Response {
@@ -198,10 +181,7 @@ impl TestDaemon {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "bangerd did not exit within {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "bangerd did not exit within {timeout:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -249,10 +229,7 @@ impl TestHelper {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn banger-helper");
-        let h = TestHelper {
-            socket: socket.to_path_buf(),
-            child,
-        };
+        let h = TestHelper { socket: socket.to_path_buf(), child };
         let s = socket.to_path_buf();
         wait_until(Duration::from_secs(10), "banger-helper to answer", || {
             let s = s.clone();
@@ -283,24 +260,13 @@ pub fn other_user() -> (u32, u32) {
     const NAME: &str = "banger-test-other";
     if nix::unistd::User::from_name(NAME).ok().flatten().is_none() {
         let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                NAME,
-            ])
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", NAME])
             .output()
             .expect("run useradd");
         // Another test may have created it in the meantime (exit 9: already exists).
-        assert!(
-            out.status.success() || out.status.code() == Some(9),
-            "useradd failed: {out:?}"
-        );
+        assert!(out.status.success() || out.status.code() == Some(9), "useradd failed: {out:?}");
     }
-    let u = nix::unistd::User::from_name(NAME)
-        .expect("user lookup")
-        .expect("user exists");
+    let u = nix::unistd::User::from_name(NAME).expect("user lookup").expect("user exists");
     (u.uid.as_raw(), u.gid.as_raw())
 }
 

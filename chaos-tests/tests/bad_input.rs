@@ -24,10 +24,7 @@ async fn refused_at_handshake(socket: &std::path::Path, datagram: &[u8], kind: E
     let (reply, _) = c.recv::<ServerHello>().await.unwrap().expect("a handshake reply");
     let err = reply.result.expect_err("the handshake is refused");
     assert_eq!(err.kind, kind, "{err:?}");
-    assert!(
-        c.recv::<ServerHello>().await.unwrap().is_none(),
-        "the connection is closed after a refusal"
-    );
+    assert!(c.recv::<ServerHello>().await.unwrap().is_none(), "the connection is closed after a refusal");
     err
 }
 
@@ -52,18 +49,11 @@ where
         .recv::<S::Response>()
         .await
         .unwrap_or_else(|e| {
-            panic!(
-                "after {} datagram(s) of {} bytes: {e}",
-                datagrams.len(),
-                datagrams[0].len()
-            )
+            panic!("after {} datagram(s) of {} bytes: {e}", datagrams.len(), datagrams[0].len())
         })
         .expect("an error reply before closing");
     let text = format!("{reply:?}");
-    assert!(
-        text.contains("Error") && text.contains("Protocol"),
-        "expected a protocol error, got {text}"
-    );
+    assert!(text.contains("Error") && text.contains("Protocol"), "expected a protocol error, got {text}");
     assert_closed::<S>(&mut c).await;
 }
 
@@ -83,12 +73,7 @@ where
     S::Response: std::fmt::Debug,
 {
     // Random bytes instead of a Hello.
-    refused_at_handshake(
-        socket,
-        &[0, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef],
-        ErrorKind::Protocol,
-    )
-    .await;
+    refused_at_handshake(socket, &[0, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef], ErrorKind::Protocol).await;
     // An HTTP request instead of a Hello.
     refused_at_handshake(socket, b"\0GET / HTTP/1.1\r\n\r\n", ErrorKind::Protocol).await;
     // The right shape with the wrong magic.
@@ -101,21 +86,12 @@ where
     hello.min_version = 99;
     hello.max_version = 100;
     let err = refused_at_handshake(socket, &framed(&hello), ErrorKind::VersionMismatch).await;
-    assert!(
-        err.message.contains("99..=100") && err.message.contains("1..=1"),
-        "names both ranges: {err:?}"
-    );
-    assert!(
-        err.hint.is_some_and(|h| h.starts_with("upgrade ")),
-        "says which side to upgrade"
-    );
+    assert!(err.message.contains("99..=100") && err.message.contains("1..=1"), "names both ranges: {err:?}");
+    assert!(err.hint.is_some_and(|h| h.starts_with("upgrade ")), "says which side to upgrade");
 
     // A truncated frame: a valid request cut short (or, for one-byte requests, an unknown variant).
-    let truncated = if big_request.len() > 4 {
-        big_request[..big_request.len() / 2].to_vec()
-    } else {
-        vec![0, 200]
-    };
+    let truncated =
+        if big_request.len() > 4 { big_request[..big_request.len() / 2].to_vec() } else { vec![0, 200] };
     refused_after_handshake::<S>(socket, &[truncated]).await;
     // An oversized datagram.
     refused_after_handshake::<S>(socket, &[vec![0u8; MAX_DATAGRAM + 100]]).await;
@@ -148,10 +124,7 @@ async fn daemon_survives_hostile_clients() {
     let d = TestDaemon::start().await;
     let mut bystander = d.client().await;
     let before = rss_kib(d.pid());
-    let echo = framed(&Request::Chaos(ChaosAction::Echo {
-        payload: vec![1; 100],
-        repeat: 1,
-    }));
+    let echo = framed(&Request::Chaos(ChaosAction::Echo { payload: vec![1; 100], repeat: 1 }));
     for _ in 0..5 {
         hostile_suite::<Daemon>(&d.socket, ServiceKind::Daemon, echo.clone()).await;
     }
@@ -161,15 +134,8 @@ async fn daemon_survives_hostile_clients() {
         Response::Pong,
         "other clients are still served"
     );
-    assert_eq!(
-        d.call(&Request::Ping).await,
-        Response::Pong,
-        "new clients are still served"
-    );
-    assert!(
-        after < before + 32 * 1024,
-        "RSS jumped from {before} KiB to {after} KiB"
-    );
+    assert_eq!(d.call(&Request::Ping).await, Response::Pong, "new clients are still served");
+    assert!(after < before + 32 * 1024, "RSS jumped from {before} KiB to {after} KiB");
     eprintln!("bangerd RSS {before} KiB before, {after} KiB after 5 hostile rounds");
 }
 
@@ -186,14 +152,8 @@ async fn helper_survives_hostile_clients() {
         hostile_suite::<Helper>(&h.socket, ServiceKind::Helper, framed(&HelperRequest::Version)).await;
     }
     let after = rss_kib(h.pid());
-    assert_eq!(
-        bystander.call(&HelperRequest::Ping).await.unwrap(),
-        HelperResponse::Pong
-    );
-    assert!(
-        after < before + 32 * 1024,
-        "RSS jumped from {before} KiB to {after} KiB"
-    );
+    assert_eq!(bystander.call(&HelperRequest::Ping).await.unwrap(), HelperResponse::Pong);
+    assert!(after < before + 32 * 1024, "RSS jumped from {before} KiB to {after} KiB");
 }
 
 #[tokio::test]

@@ -15,8 +15,7 @@ use nix::unistd::Pid;
 fn next_line(sock: &UnixDatagram, deadline: Instant) -> Option<String> {
     let mut buf = [0u8; 4096];
     let left = deadline.checked_duration_since(Instant::now())?;
-    sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-        .unwrap();
+    sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
     let n = sock.recv(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
@@ -48,10 +47,7 @@ async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
             assert_eq!(c.call(&Request::Ping).await.unwrap(), Response::Pong);
         }
         if line.contains("WATCHDOG=1") {
-            assert!(
-                seen.iter().any(|l: &String| l.contains("READY=1")),
-                "WATCHDOG before READY: {seen:?}"
-            );
+            assert!(seen.iter().any(|l: &String| l.contains("READY=1")), "WATCHDOG before READY: {seen:?}");
             watchdogs += 1;
         }
         seen.push(line);
@@ -75,8 +71,5 @@ async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
         .iter()
         .map(|k| log.find(k).unwrap_or_else(|| panic!("{k} not stopped: {log}")))
         .collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]),
-        "shutdown order wrong: {log}"
-    );
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "shutdown order wrong: {log}");
 }

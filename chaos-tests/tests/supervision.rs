@@ -9,11 +9,7 @@ use chaos_tests::protocol::daemon::{ActorState, ActorStatus, ChaosAction, Reques
 use chaos_tests::{TestDaemon, wait_until};
 
 fn child<'a>(s: &'a StatusReport, name: &str) -> &'a ActorStatus {
-    s.root
-        .children
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no actor {name} in {s:?}"))
+    s.root.children.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no actor {name} in {s:?}"))
 }
 
 async fn chaos(d: &TestDaemon, action: ChaosAction) {
@@ -42,35 +38,15 @@ async fn panicking_child_is_restarted_and_socket_keeps_answering() {
     let before = d.status().await;
     assert_eq!(child(&before, "store").restarts, 0);
     assert_eq!(before.root.children.len(), 3, "{before:?}");
-    assert!(
-        before
-            .root
-            .children
-            .iter()
-            .all(|c| c.state == ActorState::Running),
-        "{before:?}"
-    );
+    assert!(before.root.children.iter().all(|c| c.state == ActorState::Running), "{before:?}");
 
-    chaos(
-        &d,
-        ChaosAction::Panic {
-            actor: "store".into(),
-        },
-    )
-    .await;
+    chaos(&d, ChaosAction::Panic { actor: "store".into() }).await;
     running_with_restarts(&d, "store", 1).await;
     let after = d.status().await;
     assert_eq!(child(&after, "store").last_exit.as_deref(), Some("panicked"));
-    assert_eq!(
-        child(&after, "api").restarts,
-        0,
-        "only the panicking actor restarts"
-    );
+    assert_eq!(child(&after, "api").restarts, 0, "only the panicking actor restarts");
     assert_eq!(d.call(&Request::Ping).await, Response::Pong);
-    assert!(
-        d.log_text().contains("child exited; restarting"),
-        "the restart is logged"
-    );
+    assert!(d.log_text().contains("child exited; restarting"), "the restart is logged");
 }
 
 #[tokio::test]
@@ -86,23 +62,13 @@ async fn api_server_restart_keeps_open_connections_and_the_socket() {
 
     chaos(&d, ChaosAction::Stop { actor: "api".into() }).await;
     running_with_restarts(&d, "api", 2).await;
-    assert_eq!(
-        child(&d.status().await, "api").last_exit.as_deref(),
-        Some("stopped")
-    );
+    assert_eq!(child(&d.status().await, "api").last_exit.as_deref(), Some("stopped"));
 }
 
 #[tokio::test]
 async fn repeated_failures_back_off_exponentially_and_daemon_stays_up() {
     let d = TestDaemon::start().await;
-    chaos(
-        &d,
-        ChaosAction::FailStarts {
-            actor: "store".into(),
-            times: 4,
-        },
-    )
-    .await;
+    chaos(&d, ChaosAction::FailStarts { actor: "store".into(), times: 4 }).await;
     // The first exit is the injected panic; the next four are failed starts.
     let mut delays: Vec<u64> = vec![];
     let mut pings = 0;
@@ -116,38 +82,25 @@ async fn repeated_failures_back_off_exponentially_and_daemon_stays_up() {
         pings += 1;
         let s = d.status().await;
         let store = child(&s, "store");
-        if let ActorState::Restarting { in_ms } = store.state {
-            if delays.last() != Some(&in_ms) {
-                delays.push(in_ms);
-            }
+        if let ActorState::Restarting { in_ms } = store.state
+            && delays.last() != Some(&in_ms)
+        {
+            delays.push(in_ms);
         }
         if store.state == ActorState::Running && store.restarts == 5 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "store did not recover: {s:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "store did not recover: {s:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(
-        delays,
-        vec![100, 200, 400, 800, 1600],
-        "backoff doubles with each quick exit"
-    );
-    assert!(
-        pings > 10,
-        "the daemon was polled while the child was down ({pings} pings)"
-    );
+    assert_eq!(delays, vec![100, 200, 400, 800, 1600], "backoff doubles with each quick exit");
+    assert!(pings > 10, "the daemon was polled while the child was down ({pings} pings)");
 }
 
 #[tokio::test]
 async fn chaos_for_an_unknown_actor_names_the_real_ones() {
     let d = TestDaemon::start().await;
-    match d
-        .call(&Request::Chaos(ChaosAction::Panic { actor: "nope".into() }))
-        .await
-    {
+    match d.call(&Request::Chaos(ChaosAction::Panic { actor: "nope".into() })).await {
         Response::Error(e) => {
             assert_eq!(e.kind, chaos_tests::protocol::ErrorKind::NotFound);
             assert_eq!(e.hint.as_deref(), Some("actors: store, helper, api"));

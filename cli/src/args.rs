@@ -7,12 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use protocol::paths::Layout;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "banger",
-    version,
-    about = "Disposable Linux microVMs",
-    propagate_version = true
-)]
+#[command(name = "banger", version, about = "Disposable Linux microVMs", propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -42,9 +37,7 @@ impl Global {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| self.layout().daemon_socket())
+        self.socket.clone().unwrap_or_else(|| self.layout().daemon_socket())
     }
 }
 

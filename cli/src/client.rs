@@ -11,9 +11,7 @@ use protocol::{Error, ErrorKind};
 pub type DaemonClient = Client<Daemon>;
 
 pub async fn connect(socket: &Path) -> Result<DaemonClient, Error> {
-    Client::connect(socket, "banger")
-        .await
-        .map_err(|e| advise(socket, e))
+    Client::connect(socket, "banger").await.map_err(|e| advise(socket, e))
 }
 
 /// Sends one request; an `Error` reply becomes `Err`.
@@ -25,11 +23,8 @@ pub async fn call(client: &mut DaemonClient, socket: &Path, request: &Request) -
 }
 
 pub fn unexpected(reply: &Response) -> Error {
-    Error::new(
-        ErrorKind::Protocol,
-        format!("the daemon sent an unexpected reply: {reply:?}"),
-    )
-    .with_hint("the client and daemon may be out of step; compare `banger version`")
+    Error::new(ErrorKind::Protocol, format!("the daemon sent an unexpected reply: {reply:?}"))
+        .with_hint("the client and daemon may be out of step; compare `banger version`")
 }
 
 /// Turns a transport failure into what the user should do about it.
@@ -58,27 +53,19 @@ pub fn advise(socket: &Path, err: ClientError) -> Error {
                   or ask its owner to run it with `--group`"
                 .to_string(),
         };
-        return Error::new(
-            ErrorKind::PermissionDenied,
-            format!("permission denied on {shown}"),
-        )
-        .with_hint(hint);
+        return Error::new(ErrorKind::PermissionDenied, format!("permission denied on {shown}"))
+            .with_hint(hint);
     }
     match err {
         ClientError::Refused(e) => e,
-        ClientError::Connect { source, .. } => Error::new(
-            ErrorKind::Unavailable,
-            format!("cannot connect to {shown}: {source}"),
-        ),
-        ClientError::Closed => Error::new(
-            ErrorKind::Unavailable,
-            "bangerd closed the connection before answering",
-        )
-        .with_hint("it may be shutting down; see `banger daemon status`"),
-        other => Error::new(
-            ErrorKind::Protocol,
-            format!("talking to bangerd on {shown}: {other}"),
-        )
-        .with_hint("the client and daemon may be out of step; compare `banger version`"),
+        ClientError::Connect { source, .. } => {
+            Error::new(ErrorKind::Unavailable, format!("cannot connect to {shown}: {source}"))
+        }
+        ClientError::Closed => {
+            Error::new(ErrorKind::Unavailable, "bangerd closed the connection before answering")
+                .with_hint("it may be shutting down; see `banger daemon status`")
+        }
+        other => Error::new(ErrorKind::Protocol, format!("talking to bangerd on {shown}: {other}"))
+            .with_hint("the client and daemon may be out of step; compare `banger version`"),
     }
 }

@@ -54,11 +54,8 @@ impl Output {
             return;
         }
         let colour = colour_allowed() && std::io::stderr().is_terminal();
-        let (err, hint) = if colour {
-            ("\x1b[31;1merror:\x1b[0m", "\x1b[36mhint:\x1b[0m")
-        } else {
-            ("error:", "hint:")
-        };
+        let (err, hint) =
+            if colour { ("\x1b[31;1merror:\x1b[0m", "\x1b[36mhint:\x1b[0m") } else { ("error:", "hint:") };
         eprintln!("{err} {}", e.message);
         if let Some(h) = &e.hint {
             eprintln!("{hint} {h}");

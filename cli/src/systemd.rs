@@ -35,10 +35,7 @@ pub fn daemon_unit(bangerd: &Path, user: bool, group: Option<&str>) -> String {
     let (after, wanted_by) = if user {
         (String::new(), "default.target")
     } else {
-        (
-            format!("After={HELPER_UNIT}\nWants={HELPER_UNIT}\n"),
-            "multi-user.target",
-        )
+        (format!("After={HELPER_UNIT}\nWants={HELPER_UNIT}\n"), "multi-user.target")
     };
     format!(
         "[Unit]\n\

@@ -44,14 +44,7 @@ pub struct ApiServer {
 impl ApiServer {
     pub fn new(cx: ChildCtx, listener: &OwnedFd, deps: Deps) -> std::io::Result<Self> {
         let listener = UnixSeqpacketListener::try_from(listener.as_fd().try_clone_to_owned()?)?;
-        Ok(ApiServer {
-            listener: Some(listener),
-            deps,
-            log: cx.log,
-            guard: cx.guard,
-            open: 0,
-            served: 0,
-        })
+        Ok(ApiServer { listener: Some(listener), deps, log: cx.log, guard: cx.guard, open: 0, served: 0 })
     }
 }
 
@@ -89,9 +82,7 @@ impl StreamHandler<std::io::Result<UnixSeqpacket>> for ApiServer {
                 ),
             ),
             Err(e) => (
-                Err(protocol::Error::internal(format!(
-                    "cannot read peer credentials: {e}"
-                ))),
+                Err(protocol::Error::internal(format!("cannot read peer credentials: {e}"))),
                 self.log.new(o!("conn" => self.served)),
             ),
         };
@@ -113,10 +104,7 @@ impl Handler<ConnectionClosed> for ApiServer {
 impl Handler<Describe> for ApiServer {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
-        Some(format!(
-            "{} open, {} served by this incarnation",
-            self.open, self.served
-        ))
+        Some(format!("{} open, {} served by this incarnation", self.open, self.served))
     }
 }
 

@@ -67,14 +67,7 @@ impl ChildGuard {
         started: Recipient<ChildStarted>,
         fail_on_start: bool,
     ) -> Self {
-        ChildGuard {
-            name,
-            incarnation,
-            parent,
-            started,
-            fail_on_start,
-            exit: None,
-        }
+        ChildGuard { name, incarnation, parent, started, fail_on_start, exit: None }
     }
 
     /// Call from the child's `started()` once it is serving.
@@ -82,10 +75,7 @@ impl ChildGuard {
         if self.fail_on_start {
             panic!("chaos: {} fails as it starts", self.name);
         }
-        self.started.do_send(ChildStarted {
-            name: self.name,
-            incarnation: self.incarnation,
-        });
+        self.started.do_send(ChildStarted { name: self.name, incarnation: self.incarnation });
     }
 
     /// Records why the child is about to stop; call before `ctx.stop()`.

@@ -43,8 +43,7 @@ pub struct Args {
 }
 
 fn parse_level(s: &str) -> Result<slog::Level, String> {
-    s.parse()
-        .map_err(|()| format!("unknown log level {s:?}: use error, warning, info, debug or trace"))
+    s.parse().map_err(|()| format!("unknown log level {s:?}: use error, warning, info, debug or trace"))
 }
 
 #[derive(Debug, Clone)]
@@ -66,9 +65,7 @@ impl Config {
             Some(name) => match Group::from_name(name) {
                 Ok(Some(g)) => Some((g.gid, name.clone())),
                 Ok(None) => {
-                    return Err(format!(
-                        "group {name:?} does not exist: create it with `groupadd {name}`"
-                    ));
+                    return Err(format!("group {name:?} does not exist: create it with `groupadd {name}`"));
                 }
                 Err(e) => return Err(format!("cannot look up group {name:?}: {e}")),
             },
@@ -76,18 +73,8 @@ impl Config {
         let helper_socket = if args.no_helper {
             None
         } else {
-            Some(
-                args.helper_socket
-                    .clone()
-                    .unwrap_or_else(|| layout.helper_socket()),
-            )
+            Some(args.helper_socket.clone().unwrap_or_else(|| layout.helper_socket()))
         };
-        Ok(Config {
-            layout,
-            socket,
-            owner: Uid::effective(),
-            group,
-            helper_socket,
-        })
+        Ok(Config { layout, socket, owner: Uid::effective(), group, helper_socket })
     }
 }

@@ -37,12 +37,7 @@ impl Connection {
         server: Recipient<ConnectionClosed>,
         log: Logger,
     ) -> Self {
-        Connection {
-            session: Some((sock, verdict)),
-            deps,
-            server,
-            log,
-        }
+        Connection { session: Some((sock, verdict)), deps, server, log }
     }
 }
 
@@ -106,18 +101,13 @@ async fn route(chan: &Channel, request: Request, version: u32, deps: &Deps) -> R
         },
         Request::Shutdown => {
             chan.send(&Response::Ok, false).await?;
-            deps.supervisor.do_send(Shutdown {
-                reason: "requested by a client",
-            });
+            deps.supervisor.do_send(Shutdown { reason: "requested by a client" });
             return Ok(());
         }
         Request::Chaos(action) if cfg!(feature = "chaos") => return chaos(chan, action, deps).await,
         Request::Chaos(_) => Response::Error(
-            Error::new(
-                ErrorKind::InvalidInput,
-                "this bangerd was built without fault injection",
-            )
-            .with_hint("build it with `--features chaos` to run chaos-tests"),
+            Error::new(ErrorKind::InvalidInput, "this bangerd was built without fault injection")
+                .with_hint("build it with `--features chaos` to run chaos-tests"),
         ),
     };
     chan.send(&reply, false).await
@@ -137,10 +127,8 @@ const MAX_ECHO_FRAMES: u32 = 10_000;
 async fn chaos(chan: &Channel, action: ChaosAction, deps: &Deps) -> Result<(), WireError> {
     if let ChaosAction::Echo { payload, repeat } = action {
         if repeat > MAX_ECHO_FRAMES {
-            let e = Error::new(
-                ErrorKind::InvalidInput,
-                format!("echo repeat is capped at {MAX_ECHO_FRAMES}"),
-            );
+            let e =
+                Error::new(ErrorKind::InvalidInput, format!("echo repeat is capped at {MAX_ECHO_FRAMES}"));
             return chan.send(&Response::Error(e), false).await;
         }
         if repeat == 0 {

@@ -36,21 +36,10 @@ pub struct HelperLink {
 impl HelperLink {
     pub fn new(cx: ChildCtx) -> Self {
         let path = cx.config.helper_socket.clone();
-        let first = if path.is_some() {
-            Link::Waiting {
-                error: "connecting".into(),
-            }
-        } else {
-            Link::NotConfigured
-        };
+        let first =
+            if path.is_some() { Link::Waiting { error: "connecting".into() } } else { Link::NotConfigured };
         let (publish, link) = watch::channel(first);
-        HelperLink {
-            path,
-            log: cx.log,
-            guard: cx.guard,
-            link,
-            publish: Some(publish),
-        }
+        HelperLink { path, log: cx.log, guard: cx.guard, link, publish: Some(publish) }
     }
 }
 
@@ -99,11 +88,7 @@ impl Actor for HelperLink {
 impl Handler<Describe> for HelperLink {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
-        let path = self
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let path = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         Some(match &*self.link.borrow() {
             Link::NotConfigured => "no helper configured (--no-helper)".to_string(),
             Link::Waiting { error } => format!("waiting for banger-helper at {path}: {error}"),

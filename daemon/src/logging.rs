@@ -21,17 +21,8 @@ pub fn build(format: LogFormat, level: slog::Level) -> Logger {
             Box::new(slog_term::FullFormat::new(decorator).build().fuse())
         }
     } else {
-        Box::new(
-            slog_json::Json::new(std::io::stderr())
-                .add_default_keys()
-                .set_flush(true)
-                .build()
-                .fuse(),
-        )
+        Box::new(slog_json::Json::new(std::io::stderr()).add_default_keys().set_flush(true).build().fuse())
     };
-    let drain = slog_async::Async::new(drain.filter_level(level).fuse())
-        .chan_size(4096)
-        .build()
-        .fuse();
+    let drain = slog_async::Async::new(drain.filter_level(level).fuse()).chan_size(4096).build().fuse();
     Logger::root(drain, o!("pid" => std::process::id()))
 }

@@ -14,10 +14,7 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn from_env(log: Logger) -> Self {
-        Notifier {
-            log,
-            watchdog_every: sd_notify::watchdog_enabled().map(|d| d / 2),
-        }
+        Notifier { log, watchdog_every: sd_notify::watchdog_enabled().map(|d| d / 2) }
     }
 
     fn send(&self, state: &[NotifyState]) {

@@ -39,9 +39,6 @@ pub fn admit(config: &Config, cred: &UCred) -> Result<(), Error> {
         Some((_, group)) => format!("ask an administrator to add you to group {group}, then log in again"),
         None => format!("this daemon serves only {owner}; run your own with `banger daemon start`"),
     };
-    Err(Error::new(
-        ErrorKind::PermissionDenied,
-        format!("{who} may not use this bangerd (owner: {owner})"),
-    )
-    .with_hint(hint))
+    Err(Error::new(ErrorKind::PermissionDenied, format!("{who} may not use this bangerd (owner: {owner})"))
+        .with_hint(hint))
 }

@@ -20,11 +20,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(cx: ChildCtx) -> Self {
-        Store {
-            root: cx.config.layout.state_dir.clone(),
-            log: cx.log,
-            guard: cx.guard,
-        }
+        Store { root: cx.config.layout.state_dir.clone(), log: cx.log, guard: cx.guard }
     }
 
     fn prepare(&self) -> std::io::Result<()> {
@@ -48,8 +44,7 @@ impl Actor for Store {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Err(e) = self.prepare() {
             error!(self.log, "cannot prepare the state directory"; "dir" => %self.root.display(), "error" => %e);
-            self.guard
-                .exiting(format!("cannot prepare {}: {e}", self.root.display()));
+            self.guard.exiting(format!("cannot prepare {}: {e}", self.root.display()));
             ctx.stop();
             return;
         }
@@ -61,9 +56,7 @@ impl Actor for Store {
 impl Handler<Describe> for Store {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
-        let free = self
-            .free_space()
-            .map(|b| format!(" ({:.1} GiB free)", b as f64 / (1u64 << 30) as f64));
+        let free = self.free_space().map(|b| format!(" ({:.1} GiB free)", b as f64 / (1u64 << 30) as f64));
         Some(format!("{}{}", self.root.display(), free.unwrap_or_default()))
     }
 }

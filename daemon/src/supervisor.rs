@@ -54,10 +54,7 @@ impl Handle {
     where
         A: Actor<Context = Context<A>> + Handler<Describe> + Handler<Control>,
     {
-        Handle {
-            describe: addr.clone().recipient(),
-            control: addr.recipient(),
-        }
+        Handle { describe: addr.clone().recipient(), control: addr.recipient() }
     }
 }
 
@@ -137,22 +134,13 @@ impl Supervisor {
         let cx = ChildCtx {
             config: self.config.clone(),
             log: self.log.new(o!("actor" => name, "incarnation" => incarnation)),
-            guard: ChildGuard::new(
-                name,
-                incarnation,
-                me.clone().recipient(),
-                me.clone().recipient(),
-                fail,
-            ),
+            guard: ChildGuard::new(name, incarnation, me.clone().recipient(), me.clone().recipient(), fail),
         };
         let handle = match name {
             "store" => Some(Handle::of(Store::new(cx).start())),
             "helper" => Some(Handle::of(HelperLink::new(cx).start())),
             _ => {
-                let deps = Deps {
-                    config: self.config.clone(),
-                    supervisor: me,
-                };
+                let deps = Deps { config: self.config.clone(), supervisor: me };
                 match ApiServer::new(cx, &self.listener, deps) {
                     Ok(api) => Some(Handle::of(api.start())),
                     // The guard was dropped with it, so the exit is already on its way.
@@ -249,10 +237,8 @@ impl Handler<ChildStarted> for Supervisor {
 impl Handler<ChildExited> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
-        let Some(index) = self
-            .slots
-            .iter()
-            .position(|s| s.name == msg.name && s.incarnation == msg.incarnation)
+        let Some(index) =
+            self.slots.iter().position(|s| s.name == msg.name && s.incarnation == msg.incarnation)
         else {
             return;
         };
@@ -269,22 +255,14 @@ impl Handler<ChildExited> for Supervisor {
         if slot.started_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
             slot.quick_exits = 0;
         }
-        let delay = BACKOFF_BASE
-            .saturating_mul(1 << slot.quick_exits.min(16))
-            .min(BACKOFF_MAX);
+        let delay = BACKOFF_BASE.saturating_mul(1 << slot.quick_exits.min(16)).min(BACKOFF_MAX);
         slot.quick_exits += 1;
         slot.restarts += 1;
         slot.started_at = None;
-        slot.state = ActorState::Restarting {
-            in_ms: delay.as_millis() as u64,
-        };
+        slot.state = ActorState::Restarting { in_ms: delay.as_millis() as u64 };
         warn!(self.log, "child exited; restarting"; "child" => slot.name, "how" => &how,
             "restarts" => slot.restarts, "delay_ms" => delay.as_millis() as u64);
-        self.notifier.status(&format!(
-            "restarting {} ({how}) in {} ms",
-            slot.name,
-            delay.as_millis()
-        ));
+        self.notifier.status(&format!("restarting {} ({how}) in {} ms", slot.name, delay.as_millis()));
         ctx.run_later(delay, move |act, ctx| act.start_child(index, ctx));
     }
 }
@@ -313,27 +291,15 @@ impl Handler<GetStatus> for Supervisor {
                 let ask = s.handle.as_ref().map(|h| h.describe.send(Describe));
                 async move {
                     match ask {
-                        Some(ask) => tokio::time::timeout(Duration::from_secs(1), ask)
-                            .await
-                            .ok()?
-                            .ok()?,
+                        Some(ask) => tokio::time::timeout(Duration::from_secs(1), ask).await.ok()?.ok()?,
                         None => None,
                     }
                 }
             })
             .collect();
         Box::pin(join_all(asks).into_actor(self).map(|details, act, _| {
-            let children = act
-                .slots
-                .iter()
-                .zip(details)
-                .map(|(s, d)| act.actor_status(s, d))
-                .collect();
-            let state = if act.shutting_down {
-                ActorState::Stopping
-            } else {
-                ActorState::Running
-            };
+            let children = act.slots.iter().zip(details).map(|(s, d)| act.actor_status(s, d)).collect();
+            let state = if act.shutting_down { ActorState::Stopping } else { ActorState::Running };
             StatusReport {
                 version: version_info(0),
                 pid: std::process::id(),
@@ -370,10 +336,7 @@ impl Handler<Chaos> for Supervisor {
         })?;
         slot.fail_starts = fail_starts;
         let handle = slot.handle.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Conflict,
-                format!("{actor} is not running ({})", slot.state),
-            )
+            Error::new(ErrorKind::Conflict, format!("{actor} is not running ({})", slot.state))
         })?;
         handle.control.do_send(control);
         Ok(())

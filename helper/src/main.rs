@@ -14,11 +14,7 @@ use clap::Parser;
 use nix::unistd::Uid;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "banger-helper",
-    version,
-    about = "banger's privileged helper (runs as root)"
-)]
+#[command(name = "banger-helper", version, about = "banger's privileged helper (runs as root)")]
 struct Args {
     /// Where to listen.
     #[arg(long, default_value = "/run/banger/helper.sock")]
@@ -58,11 +54,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = server::Config {
-        socket: args.socket,
-        owner: Uid::from_raw(args.owner_uid),
-        pid_file: args.pid_file,
-    };
+    let config =
+        server::Config { socket: args.socket, owner: Uid::from_raw(args.owner_uid), pid_file: args.pid_file };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

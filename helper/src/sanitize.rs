@@ -16,10 +16,7 @@ pub fn process() -> Result<(), String> {
         // The read_dir fd is already closed and may show up here; EBADF is fine.
         let _ = nix::unistd::close(fd);
     }
-    let keys: Vec<_> = std::env::vars_os()
-        .map(|(k, _)| k)
-        .filter(|k| k != "RUST_BACKTRACE")
-        .collect();
+    let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).filter(|k| k != "RUST_BACKTRACE").collect();
     for k in keys {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::remove_var(k) };
@@ -34,10 +31,7 @@ pub fn absolute(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
         return Err(format!("{shown} must be an absolute path"));
     }
-    if path
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
+    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(format!("{shown} must not contain `..`"));
     }
     Ok(())

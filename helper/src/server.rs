@@ -18,11 +18,7 @@ pub struct Config {
 }
 
 pub async fn run(config: Config) -> Result<(), String> {
-    let access = SocketAccess {
-        mode: 0o600,
-        owner: Some(config.owner),
-        group: None,
-    };
+    let access = SocketAccess { mode: 0o600, owner: Some(config.owner), group: None };
     let fd = bind_listener(&config.socket, &access)?;
     let mut listener =
         UnixSeqpacketListener::try_from(fd).map_err(|e| format!("cannot register the socket: {e}"))?;
@@ -32,11 +28,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    log(&format!(
-        "listening on {} for uid {}",
-        config.socket.display(),
-        config.owner
-    ));
+    log(&format!("listening on {} for uid {}", config.socket.display(), config.owner));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -61,20 +53,12 @@ fn log(line: &str) {
 
 fn admit(owner: Uid, sock: &UnixSeqpacket) -> Result<(), Error> {
     let uid = Uid::from_raw(
-        sock.peer_cred()
-            .map_err(|e| Error::internal(format!("no peer credentials: {e}")))?
-            .uid(),
+        sock.peer_cred().map_err(|e| Error::internal(format!("no peer credentials: {e}")))?.uid(),
     );
     if uid == owner {
         return Ok(());
     }
-    let name = |u: Uid| {
-        User::from_uid(u)
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| u.to_string())
-    };
+    let name = |u: Uid| User::from_uid(u).ok().flatten().map(|u| u.name).unwrap_or_else(|| u.to_string());
     Err(Error::new(
         ErrorKind::PermissionDenied,
         format!(

@@ -51,11 +51,7 @@ pub struct Channel {
 
 impl Channel {
     pub fn new(sock: UnixSeqpacket) -> Self {
-        Channel {
-            sock,
-            rx: vec![0; MAX_DATAGRAM].into_boxed_slice(),
-            reassembler: Reassembler::default(),
-        }
+        Channel { sock, rx: vec![0; MAX_DATAGRAM].into_boxed_slice(), reassembler: Reassembler::default() }
     }
 
     pub fn peer_cred(&self) -> std::io::Result<UCred> {
@@ -67,10 +63,7 @@ impl Channel {
         let bytes = codec::encode(message)?;
         for (flags, body) in frame::split(&bytes, more)? {
             let flags = [flags];
-            let sent = self
-                .sock
-                .send_vectored(&[IoSlice::new(&flags), IoSlice::new(body)])
-                .await?;
+            let sent = self.sock.send_vectored(&[IoSlice::new(&flags), IoSlice::new(body)]).await?;
             if sent != body.len() + 1 {
                 return Err(WireError::Io(std::io::Error::other("short seqpacket send")));
             }
@@ -167,10 +160,7 @@ impl<S: Service> Client<S> {
     pub async fn connect(path: &Path, program: &str) -> Result<Self, ClientError> {
         let sock = UnixSeqpacket::connect(path)
             .await
-            .map_err(|source| ClientError::Connect {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
         Self::handshake(Channel::new(sock), Hello::new(S::KIND, program)).await
     }
 
@@ -181,17 +171,9 @@ impl<S: Service> Client<S> {
         let version = reply.result.map_err(ClientError::Refused)?;
         // The server chose; check it chose something we speak.
         if version < ours.min_version || version > ours.max_version {
-            return Err(ClientError::Refused(handshake::version_mismatch(
-                &ours,
-                &reply.hello,
-            )));
+            return Err(ClientError::Refused(handshake::version_mismatch(&ours, &reply.hello)));
         }
-        Ok(Client {
-            chan,
-            version,
-            server: reply.hello,
-            _service: PhantomData,
-        })
+        Ok(Client { chan, version, server: reply.hello, _service: PhantomData })
     }
 
     /// Sends a request and returns its single reply.
@@ -233,15 +215,7 @@ pub async fn server_handshake(
         Ok(Err(e)) => Err(Error::protocol(format!("the peer is not a banger client: {e}"))),
     };
     // A peer that vanished cannot be told; the verdict stands either way.
-    let _ = chan
-        .send(
-            &ServerHello {
-                hello: ours.clone(),
-                result: verdict.clone(),
-            },
-            false,
-        )
-        .await;
+    let _ = chan.send(&ServerHello { hello: ours.clone(), result: verdict.clone() }, false).await;
     verdict
 }
 
@@ -277,9 +251,7 @@ pub fn bind_listener(path: &Path, access: &SocketAccess) -> Result<std::os::fd::
     use nix::sys::stat::{Mode, umask};
 
     let shown = path.display();
-    let dir = path
-        .parent()
-        .ok_or_else(|| format!("socket path {shown} has no directory"))?;
+    let dir = path.parent().ok_or_else(|| format!("socket path {shown} has no directory"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     if UnixSeqpacket::connect_blocking(path).is_ok() {
         return Err(format!(

@@ -61,9 +61,6 @@ mod tests {
     #[test]
     fn round_trip() {
         let v = (String::from("banger"), vec![1u8, 2, 3], Some(9u64));
-        assert_eq!(
-            decode::<(String, Vec<u8>, Option<u64>)>(&encode(&v).unwrap()).unwrap(),
-            v
-        );
+        assert_eq!(decode::<(String, Vec<u8>, Option<u64>)>(&encode(&v).unwrap()).unwrap(), v);
     }
 }

@@ -119,10 +119,7 @@ impl Reassembler {
         if flags & CONTINUED != 0 {
             return Ok(None);
         }
-        Ok(Some(Message {
-            bytes: std::mem::take(&mut self.buf),
-            more: flags & MORE != 0,
-        }))
+        Ok(Some(Message { bytes: std::mem::take(&mut self.buf), more: flags & MORE != 0 }))
     }
 }
 
@@ -131,11 +128,7 @@ mod tests {
     use super::*;
 
     fn datagrams(message: &[u8], more: bool) -> Vec<Vec<u8>> {
-        split(message, more)
-            .unwrap()
-            .into_iter()
-            .map(|(f, b)| [&[f][..], b].concat())
-            .collect()
+        split(message, more).unwrap().into_iter().map(|(f, b)| [&[f][..], b].concat()).collect()
     }
 
     #[test]
@@ -155,13 +148,7 @@ mod tests {
             assert_eq!(r.push(x).unwrap(), None);
             assert!(r.in_progress());
         }
-        assert_eq!(
-            r.push(&d[3]).unwrap(),
-            Some(Message {
-                bytes: msg,
-                more: true
-            })
-        );
+        assert_eq!(r.push(&d[3]).unwrap(), Some(Message { bytes: msg, more: true }));
         assert!(!r.in_progress());
     }
 
@@ -179,10 +166,7 @@ mod tests {
         assert_eq!(r.push(&[]), Err(FrameError::Empty));
         assert_eq!(r.push(&[0]), Err(FrameError::NoBody));
         assert_eq!(r.push(&[0x80, 1]), Err(FrameError::UnknownFlags(0x80)));
-        assert_eq!(
-            r.push(&[CONTINUED | MORE, 1]),
-            Err(FrameError::MoreOnContinuedChunk)
-        );
+        assert_eq!(r.push(&[CONTINUED | MORE, 1]), Err(FrameError::MoreOnContinuedChunk));
         assert_eq!(r.push(&vec![0; MAX_DATAGRAM + 1]), Err(FrameError::Oversized));
         assert_eq!(split(&[], false), Err(FrameError::EmptyMessage));
     }

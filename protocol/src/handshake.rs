@@ -125,10 +125,7 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::VersionMismatch);
         assert!(err.message.contains("99..=100"), "{}", err.message);
         assert!(err.message.contains(&format!("{PROTOCOL_MIN}..={PROTOCOL_MAX}")));
-        assert_eq!(
-            err.hint.as_deref(),
-            Some(&*format!("upgrade {} to match banger 9.0.0", server.software))
-        );
+        assert_eq!(err.hint.as_deref(), Some(&*format!("upgrade {} to match banger 9.0.0", server.software)));
     }
 
     #[test]
@@ -139,10 +136,6 @@ mod tests {
         assert_eq!(negotiate(&server, &client).unwrap_err().kind, ErrorKind::Protocol);
         let client = Hello::new(ServiceKind::Daemon, "banger");
         let err = negotiate(&server, &client).unwrap_err();
-        assert!(
-            err.message.contains("belongs to banger-helper"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("belongs to banger-helper"), "{}", err.message);
     }
 }

@@ -24,11 +24,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn under(dir: &Path) -> Self {
-        Layout {
-            run_dir: dir.join("run"),
-            state_dir: dir.to_path_buf(),
-            cache_dir: dir.join("cache"),
-        }
+        Layout { run_dir: dir.join("run"), state_dir: dir.to_path_buf(), cache_dir: dir.join("cache") }
     }
 
     pub fn system() -> Self {
@@ -56,11 +52,7 @@ impl Layout {
             .or_else(|| home.as_ref().map(|h| h.join(".cache")))
             .unwrap_or_else(|| run_dir.clone())
             .join("banger");
-        Layout {
-            run_dir,
-            state_dir,
-            cache_dir,
-        }
+        Layout { run_dir, state_dir, cache_dir }
     }
 
     /// Picks the layout the flags ask for: `--state-dir` wins, then `--system`, then the user's.
@@ -93,10 +85,7 @@ mod tests {
             _ => None,
         };
         let l = Layout::user(env, 1000);
-        assert_eq!(
-            l.daemon_socket(),
-            PathBuf::from("/run/user/1000/banger/bangerd.sock")
-        );
+        assert_eq!(l.daemon_socket(), PathBuf::from("/run/user/1000/banger/bangerd.sock"));
         assert_eq!(l.state_dir, PathBuf::from("/home/u/.local/share/banger"));
         assert_eq!(l.cache_dir, PathBuf::from("/home/u/.cache/banger"));
     }
@@ -104,9 +93,6 @@ mod tests {
     #[test]
     fn root_without_session_uses_system_layout() {
         assert_eq!(Layout::user(|_| None, 0), Layout::system());
-        assert_eq!(
-            Layout::system().daemon_socket(),
-            PathBuf::from("/run/banger/bangerd.sock")
-        );
+        assert_eq!(Layout::system().daemon_socket(), PathBuf::from("/run/banger/bangerd.sock"));
     }
 }

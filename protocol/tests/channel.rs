@@ -36,15 +36,9 @@ async fn large_messages_and_streams_cross_a_real_socket() {
 async fn oversized_and_empty_datagrams_are_errors() {
     let (a, mut b) = pair();
     a.send_raw(&vec![0u8; MAX_DATAGRAM + 1]).await.unwrap();
-    assert!(matches!(
-        b.recv::<Request>().await,
-        Err(WireError::Frame(FrameError::Oversized))
-    ));
+    assert!(matches!(b.recv::<Request>().await, Err(WireError::Frame(FrameError::Oversized))));
     a.send_raw(&[0x40, 1]).await.unwrap();
-    assert!(matches!(
-        b.recv::<Request>().await,
-        Err(WireError::Frame(FrameError::UnknownFlags(0x40)))
-    ));
+    assert!(matches!(b.recv::<Request>().await, Err(WireError::Frame(FrameError::UnknownFlags(0x40)))));
     // A truncated bincode value: a string that claims 200 bytes and carries 3.
     a.send_raw(&[0, 200, b'a', b'b', b'c']).await.unwrap();
     assert!(matches!(b.recv::<String>().await, Err(WireError::Codec(_))));
@@ -58,9 +52,7 @@ async fn handshake_agrees_and_refuses() {
     let (a, mut b) = pair();
     let ours = server_hello.clone();
     let server = tokio::spawn(async move { server_handshake(&mut b, &ours, Ok(())).await });
-    let client = Client::<Daemon>::handshake(a, Hello::new(ServiceKind::Daemon, "banger"))
-        .await
-        .unwrap();
+    let client = Client::<Daemon>::handshake(a, Hello::new(ServiceKind::Daemon, "banger")).await.unwrap();
     assert_eq!(client.version, server.await.unwrap().unwrap());
 
     let (a, mut b) = pair();

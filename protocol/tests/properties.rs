@@ -25,11 +25,7 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn kind() -> impl Strategy<Value = ErrorKind> {
-    prop_oneof![
-        Just(ErrorKind::Protocol),
-        Just(ErrorKind::NotFound),
-        Just(ErrorKind::Internal)
-    ]
+    prop_oneof![Just(ErrorKind::Protocol), Just(ErrorKind::NotFound), Just(ErrorKind::Internal)]
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -37,11 +33,7 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::Pong),
         Just(Response::Ok),
         (".{0,30}", any::<u32>(), any::<bool>()).prop_map(|(software, protocol, chaos)| Response::Version(
-            VersionInfo {
-                software,
-                protocol,
-                chaos
-            }
+            VersionInfo { software, protocol, chaos }
         )),
         prop::collection::vec(any::<u8>(), 0..150_000).prop_map(Response::Echo),
         (kind(), ".{0,100}", proptest::option::of(".{0,100}"))

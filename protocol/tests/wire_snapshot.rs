@@ -17,11 +17,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn line<T: serde::Serialize + std::fmt::Debug>(value: &T) -> String {
-    format!(
-        "{} <- {:?}\n",
-        hex(&encode(value).expect("sample encodes")),
-        value
-    )
+    format!("{} <- {:?}\n", hex(&encode(value).expect("sample encodes")), value)
 }
 
 #[test]
@@ -33,11 +29,7 @@ fn encoded_samples_match_snapshot() {
         max_version: 3,
         software: "banger 1.2.3".into(),
     };
-    let version = VersionInfo {
-        software: "bangerd 1.2.3".into(),
-        protocol: 1,
-        chaos: false,
-    };
+    let version = VersionInfo { software: "bangerd 1.2.3".into(), protocol: 1, chaos: false };
     let error = Error::new(ErrorKind::PermissionDenied, "uid 1001 may not use this socket")
         .with_hint("join group banger");
     let status = StatusReport {
@@ -64,31 +56,17 @@ fn encoded_samples_match_snapshot() {
     };
     let mut out = String::new();
     out += &line(&hello);
-    out += &line(&ServerHello {
-        hello: hello.clone(),
-        result: Ok(1),
-    });
-    out += &line(&ServerHello {
-        hello,
-        result: Err(error.clone()),
-    });
+    out += &line(&ServerHello { hello: hello.clone(), result: Ok(1) });
+    out += &line(&ServerHello { hello, result: Err(error.clone()) });
     for r in [
         Request::Ping,
         Request::Version,
         Request::Status,
         Request::Shutdown,
-        Request::Chaos(ChaosAction::Panic {
-            actor: "store".into(),
-        }),
+        Request::Chaos(ChaosAction::Panic { actor: "store".into() }),
         Request::Chaos(ChaosAction::Stop { actor: "api".into() }),
-        Request::Chaos(ChaosAction::FailStarts {
-            actor: "store".into(),
-            times: 5,
-        }),
-        Request::Chaos(ChaosAction::Echo {
-            payload: vec![1, 2, 3],
-            repeat: 2,
-        }),
+        Request::Chaos(ChaosAction::FailStarts { actor: "store".into(), times: 5 }),
+        Request::Chaos(ChaosAction::Echo { payload: vec![1, 2, 3], repeat: 2 }),
     ] {
         out += &line(&r);
     }

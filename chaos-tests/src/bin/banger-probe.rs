@@ -19,17 +19,9 @@ fn main() -> ExitCode {
     let path = std::path::PathBuf::from(socket);
     let result: Result<(), ClientError> = rt.block_on(async {
         if service == "helper" {
-            Client::<Helper>::connect(&path, "probe")
-                .await?
-                .call(&HelperRequest::Ping)
-                .await
-                .map(|_| ())
+            Client::<Helper>::connect(&path, "probe").await?.call(&HelperRequest::Ping).await.map(|_| ())
         } else {
-            Client::<Daemon>::connect(&path, "probe")
-                .await?
-                .call(&Request::Ping)
-                .await
-                .map(|_| ())
+            Client::<Daemon>::connect(&path, "probe").await?.call(&Request::Ping).await.map(|_| ())
         }
     });
     match result {
@@ -38,11 +30,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(ClientError::Refused(e)) => {
-            println!(
-                "{{\"refused\":{:?},\"message\":{:?}}}",
-                format!("{:?}", e.kind),
-                e.message
-            );
+            println!("{{\"refused\":{:?},\"message\":{:?}}}", format!("{:?}", e.kind), e.message);
             ExitCode::from(1)
         }
         Err(e) => {

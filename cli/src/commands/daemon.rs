@@ -24,14 +24,7 @@ pub async fn run(global: &Global, cmd: DaemonCommand, out: &Output) -> Result<()
         DaemonCommand::Start(args) => start(global, &args, out).await,
         DaemonCommand::Stop(args) => stop(global, &args, out).await,
         DaemonCommand::Restart(args) => {
-            stop(
-                global,
-                &StopArgs {
-                    timeout: args.timeout,
-                },
-                out,
-            )
-            .await?;
+            stop_quietly(global, &StopArgs { timeout: args.timeout }).await?;
             start(global, &args, out).await
         }
         DaemonCommand::Status => status(global, out).await,
@@ -55,37 +48,26 @@ fn systemd_unit(global: &Global) -> Option<Vec<&'static str>> {
         return None;
     }
     let user = !global.system && !Uid::effective().is_root();
-    let installed = systemd::default_unit_dir(user)
-        .join(systemd::DAEMON_UNIT)
-        .exists();
+    let installed = systemd::default_unit_dir(user).join(systemd::DAEMON_UNIT).exists();
     installed.then(|| if user { vec!["--user"] } else { vec![] })
 }
 
 fn systemctl(scope: &[&str], args: &[&str]) -> Result<(), Error> {
-    let status = Command::new("systemctl")
-        .args(scope)
-        .args(args)
-        .status()
-        .map_err(|e| {
-            Error::new(ErrorKind::Unavailable, format!("cannot run systemctl: {e}"))
-                .with_hint("is systemd installed?")
-        })?;
+    let status = Command::new("systemctl").args(scope).args(args).status().map_err(|e| {
+        Error::new(ErrorKind::Unavailable, format!("cannot run systemctl: {e}"))
+            .with_hint("is systemd installed?")
+    })?;
     if status.success() {
         Ok(())
     } else {
-        Err(Error::new(
-            ErrorKind::Internal,
-            format!("`systemctl {}` failed ({status})", args.join(" ")),
-        )
-        .with_hint("see `journalctl -u bangerd`"))
+        Err(Error::new(ErrorKind::Internal, format!("`systemctl {}` failed ({status})", args.join(" ")))
+            .with_hint("see `journalctl -u bangerd`"))
     }
 }
 
 /// Finds a sibling binary of this `banger`, else one on PATH.
 fn find_binary(name: &str) -> Result<PathBuf, Error> {
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.join(name)));
+    let sibling = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join(name)));
     if let Some(p) = sibling.filter(|p| p.is_file()) {
         return Ok(p);
     }
@@ -106,9 +88,11 @@ fn find_binary(name: &str) -> Result<PathBuf, Error> {
 }
 
 fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", log.display())))?;
     let err = file.try_clone().map_err(|e| Error::internal(e.to_string()))?;
@@ -153,7 +137,7 @@ async fn start(global: &Global, args: &StartArgs, out: &Output) -> Result<(), Er
         return report_started(out, &socket, pid, false);
     }
     let layout = global.layout();
-    create_private_dir(&layout.run_dir)?;
+    create_run_dir(&layout.run_dir)?;
     let root = Uid::effective().is_root();
     let helper_socket = layout.helper_socket();
     if root && !args.no_helper {
@@ -176,28 +160,26 @@ async fn start(global: &Global, args: &StartArgs, out: &Output) -> Result<(), Er
     daemon_args.extend(["--log-format".into(), "human".into()]);
     let log = layout.run_dir.join("bangerd.log");
     let mut child = spawn_logged(&find_binary("bangerd")?, &daemon_args, &log)?;
-    let pid = wait_answering(&socket, args.timeout, || {
-        child.try_wait().ok().flatten().map(|s| s.to_string())
-    })
-    .await
-    .map_err(|e| failed_to_start("bangerd", &log, e.message))?;
+    let pid =
+        wait_answering(&socket, args.timeout, || child.try_wait().ok().flatten().map(|s| s.to_string()))
+            .await
+            .map_err(|e| failed_to_start("bangerd", &log, e.message))?;
     report_started(out, &socket, pid, false)
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), Error> {
+/// The run dir is searchable by all (a `--group` member must reach the socket); the socket's
+/// own mode and the daemon's peer check decide who may use it, and the logs in it are 0600.
+fn create_run_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o755)
         .create(dir)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))
 }
 
 async fn start_helper(run_dir: &Path, socket: &Path, timeout: Duration) -> Result<(), Error> {
-    if protocol::channel::Client::<protocol::channel::Helper>::connect(socket, "banger")
-        .await
-        .is_ok()
-    {
+    if protocol::channel::Client::<protocol::channel::Helper>::connect(socket, "banger").await.is_ok() {
         return Ok(());
     }
     let log = run_dir.join("helper.log");
@@ -212,25 +194,14 @@ async fn start_helper(run_dir: &Path, socket: &Path, timeout: Duration) -> Resul
     let mut child = spawn_logged(&find_binary("banger-helper")?, &args, &log)?;
     let deadline = Instant::now() + timeout;
     loop {
-        if protocol::channel::Client::<protocol::channel::Helper>::connect(socket, "banger")
-            .await
-            .is_ok()
-        {
+        if protocol::channel::Client::<protocol::channel::Helper>::connect(socket, "banger").await.is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(failed_to_start(
-                "banger-helper",
-                &log,
-                format!("it exited ({status})"),
-            ));
+            return Err(failed_to_start("banger-helper", &log, format!("it exited ({status})")));
         }
         if Instant::now() > deadline {
-            return Err(failed_to_start(
-                "banger-helper",
-                &log,
-                format!("no answer within {timeout:?}"),
-            ));
+            return Err(failed_to_start("banger-helper", &log, format!("no answer within {timeout:?}")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -250,10 +221,7 @@ async fn wait_answering(
             Err(_) => {}
         }
         if let Some(status) = exited() {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                format!("it exited ({status})"),
-            ));
+            return Err(Error::new(ErrorKind::Unavailable, format!("it exited ({status})")));
         }
         if Instant::now() > deadline {
             return Err(Error::new(
@@ -269,10 +237,7 @@ fn report_started(out: &Output, socket: &Path, pid: u32, already: bool) -> Resul
     if out.json {
         out.json(&json!({ "pid": pid, "socket": socket, "already_running": already }));
     } else if already {
-        println!(
-            "bangerd is already running (pid {pid}, socket {})",
-            socket.display()
-        );
+        println!("bangerd is already running (pid {pid}, socket {})", socket.display());
     } else {
         println!("bangerd started (pid {pid}, socket {})", socket.display());
     }
@@ -280,6 +245,19 @@ fn report_started(out: &Output, socket: &Path, pid: u32, already: bool) -> Resul
 }
 
 async fn stop(global: &Global, args: &StopArgs, out: &Output) -> Result<(), Error> {
+    let (was_running, helper) = stop_quietly(global, args).await?;
+    if out.json {
+        out.json(&json!({ "was_running": was_running, "helper_stopped": helper }));
+    } else if was_running {
+        println!("bangerd stopped");
+    } else {
+        println!("bangerd was not running");
+    }
+    Ok(())
+}
+
+/// Stops the daemon and the helper; says whether each was running.
+async fn stop_quietly(global: &Global, args: &StopArgs) -> Result<(bool, bool), Error> {
     let socket = global.socket();
     let was_running = if let Some(scope) = systemd_unit(global) {
         systemctl(&scope, &["stop", systemd::DAEMON_UNIT])?;
@@ -296,25 +274,15 @@ async fn stop(global: &Global, args: &StopArgs, out: &Output) -> Result<(), Erro
         }
     };
     let helper = stop_helper(&global.layout().run_dir, args.timeout).await?;
-    if out.json {
-        out.json(&json!({ "was_running": was_running, "helper_stopped": helper }));
-    } else if was_running {
-        println!("bangerd stopped");
-    } else {
-        println!("bangerd was not running");
-    }
-    Ok(())
+    Ok((was_running, helper))
 }
 
 async fn wait_gone(socket: &Path, timeout: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     while running_pid(socket).await.is_ok() {
         if Instant::now() > deadline {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("bangerd still answers after {timeout:?}"),
-            )
-            .with_hint("see `banger daemon status`; as a last resort kill its pid"));
+            return Err(Error::new(ErrorKind::Internal, format!("bangerd still answers after {timeout:?}"))
+                .with_hint("see `banger daemon status`; as a last resort kill its pid"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -324,10 +292,7 @@ async fn wait_gone(socket: &Path, timeout: Duration) -> Result<(), Error> {
 /// Stops the helper `daemon start` launched, if its pid file names a live banger-helper.
 async fn stop_helper(run_dir: &Path, timeout: Duration) -> Result<bool, Error> {
     let pid_file = run_dir.join("helper.pid");
-    let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
+    let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
         return Ok(false);
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -336,10 +301,7 @@ async fn stop_helper(run_dir: &Path, timeout: Duration) -> Result<bool, Error> {
         return Ok(false);
     }
     kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| {
-        Error::new(
-            ErrorKind::PermissionDenied,
-            format!("cannot stop banger-helper (pid {pid}): {e}"),
-        )
+        Error::new(ErrorKind::PermissionDenied, format!("cannot stop banger-helper (pid {pid}): {e}"))
     })?;
     let deadline = Instant::now() + timeout;
     while Path::new(&format!("/proc/{pid}")).exists()
@@ -395,11 +357,7 @@ fn render_actor(a: &ActorStatus, first: &str, rest: &str, out: &Output, text: &m
         (Some(how), n) => format!("  restarts {n} (last {how})"),
         (None, n) => format!("  restarts {n}"),
     };
-    let detail = a
-        .detail
-        .as_deref()
-        .map(|d| format!("  {}", out.paint(Tone::Dim, d)))
-        .unwrap_or_default();
+    let detail = a.detail.as_deref().map(|d| format!("  {}", out.paint(Tone::Dim, d))).unwrap_or_default();
     text.push_str(&format!(
         "{first}{:<10} {}{restarts}{detail}\n",
         a.name,
@@ -407,18 +365,8 @@ fn render_actor(a: &ActorStatus, first: &str, rest: &str, out: &Output, text: &m
     ));
     for (i, child) in a.children.iter().enumerate() {
         let last = i + 1 == a.children.len();
-        let (branch, indent) = if last {
-            ("└─ ", "   ")
-        } else {
-            ("├─ ", "│  ")
-        };
-        render_actor(
-            child,
-            &format!("{rest}{branch}"),
-            &format!("{rest}{indent}"),
-            out,
-            text,
-        );
+        let (branch, indent) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+        render_actor(child, &format!("{rest}{branch}"), &format!("{rest}{indent}"), out, text);
     }
 }
 
@@ -432,10 +380,7 @@ fn human_duration(ms: u64) -> String {
 }
 
 fn install(args: &InstallArgs, out: &Output) -> Result<(), Error> {
-    let dir = args
-        .unit_dir
-        .clone()
-        .unwrap_or_else(|| systemd::default_unit_dir(args.user));
+    let dir = args.unit_dir.clone().unwrap_or_else(|| systemd::default_unit_dir(args.user));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
     let mut units = vec![(
@@ -443,20 +388,14 @@ fn install(args: &InstallArgs, out: &Output) -> Result<(), Error> {
         systemd::daemon_unit(&find_binary("bangerd")?, args.user, args.group.as_deref()),
     )];
     if !args.user {
-        units.push((
-            systemd::HELPER_UNIT,
-            systemd::helper_unit(&find_binary("banger-helper")?, 0),
-        ));
+        units.push((systemd::HELPER_UNIT, systemd::helper_unit(&find_binary("banger-helper")?, 0)));
     }
     let mut written = vec![];
     for (name, text) in &units {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| {
-            Error::new(
-                ErrorKind::PermissionDenied,
-                format!("cannot write {}: {e}", path.display()),
-            )
-            .with_hint("a system install needs root: `sudo banger daemon install`, or use --user")
+            Error::new(ErrorKind::PermissionDenied, format!("cannot write {}: {e}", path.display()))
+                .with_hint("a system install needs root: `sudo banger daemon install`, or use --user")
         })?;
         written.push(path);
     }
@@ -475,10 +414,7 @@ fn install(args: &InstallArgs, out: &Output) -> Result<(), Error> {
             println!("wrote {}", p.display());
         }
         if enable {
-            println!(
-                "enabled and started {}",
-                units.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            );
+            println!("enabled and started {}", units.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
         } else if !systemd::running() {
             println!("systemd is not running here; start banger with `banger daemon start`");
         }
@@ -487,10 +423,7 @@ fn install(args: &InstallArgs, out: &Output) -> Result<(), Error> {
 }
 
 fn uninstall(args: &InstallArgs, out: &Output) -> Result<(), Error> {
-    let dir = args
-        .unit_dir
-        .clone()
-        .unwrap_or_else(|| systemd::default_unit_dir(args.user));
+    let dir = args.unit_dir.clone().unwrap_or_else(|| systemd::default_unit_dir(args.user));
     let names = [systemd::DAEMON_UNIT, systemd::HELPER_UNIT];
     let scope: &[&str] = if args.user { &["--user"] } else { &[] };
     let present: Vec<&str> = names.into_iter().filter(|n| dir.join(n).exists()).collect();

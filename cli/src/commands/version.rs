@@ -11,10 +11,8 @@ use crate::output::Output;
 
 pub async fn run(global: &Global, out: &Output) -> Result<(), Error> {
     let socket = global.socket();
-    let client_line = format!(
-        "banger {} (protocol {PROTOCOL_MIN}..={PROTOCOL_MAX})",
-        protocol::SOFTWARE_VERSION
-    );
+    let client_line =
+        format!("banger {} (protocol {PROTOCOL_MIN}..={PROTOCOL_MAX})", protocol::SOFTWARE_VERSION);
     let daemon = async {
         let mut c = client::connect(&socket).await?;
         match client::call(&mut c, &socket, &Request::Version).await? {
@@ -41,11 +39,7 @@ pub async fn run(global: &Global, out: &Output) -> Result<(), Error> {
     }
     println!("client: {client_line}");
     let v = daemon?;
-    let chaos = if v.chaos {
-        ", fault injection compiled in"
-    } else {
-        ""
-    };
+    let chaos = if v.chaos { ", fault injection compiled in" } else { "" };
     println!("daemon: {} (protocol {}{chaos})", v.software, v.protocol);
     Ok(())
 }

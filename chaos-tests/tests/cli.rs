@@ -1,0 +1,172 @@
+//! The real `banger` binary against a real daemon: versions, the status tree, daemon start and
+//! stop without systemd, advice on failure, completions and unit files.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chaos_tests::{TestDaemon, banger, capable, is_root, stderr, stdout};
+use serde_json::Value;
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+#[tokio::test]
+async fn version_reports_client_and_daemon() {
+    let d = TestDaemon::start().await;
+    let out = d.cli(&["version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("client: banger 0.1.0 (protocol 1..=1)"), "{text}");
+    assert!(text.contains("daemon: bangerd 0.1.0 (protocol 1"), "{text}");
+    let v = json(&d.cli(&["version", "--json"]));
+    assert_eq!(v["client"]["software"], "banger 0.1.0");
+    assert_eq!(v["daemon"]["protocol"], 1);
+}
+
+#[test]
+fn without_a_daemon_the_cli_says_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = banger(dir.path(), &["daemon", "status"]);
+    assert_eq!(out.status.code(), Some(6), "Unavailable exits 6");
+    let err = stderr(&out);
+    assert!(err.starts_with("error: bangerd is not running (nothing answers on "), "{err}");
+    assert!(err.contains("hint: start it with `banger daemon start`"), "{err}");
+    let out = banger(dir.path(), &["version", "--json"]);
+    assert_eq!(out.status.code(), Some(6));
+    let v = json(&out);
+    assert_eq!(v["client"]["software"], "banger 0.1.0");
+    assert_eq!(v["daemon"]["error"]["kind"], "Unavailable");
+}
+
+#[tokio::test]
+async fn status_shows_the_actor_tree() {
+    let d = TestDaemon::start().await;
+    let out = d.cli(&["daemon", "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in
+        ["supervisor running", "├─ store      running", "├─ helper     running", "└─ api        running"]
+    {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(text.contains(&format!("pid {}", d.pid())), "{text}");
+    assert!(!text.contains('\x1b'), "no colour without a terminal");
+    let v = json(&d.cli(&["daemon", "status", "--json"]));
+    let names: Vec<&str> =
+        v["root"]["children"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["store", "helper", "api"]);
+    assert_eq!(v["root"]["children"][0]["state"], "Running");
+    assert_eq!(v["pid"], d.pid());
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn wait_dead(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops whatever a test started with `daemon start`, even when the test fails.
+struct StopOnDrop<'a>(&'a Path);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = banger(self.0, &["daemon", "stop"]);
+    }
+}
+
+fn started_pid(out: &std::process::Output) -> u32 {
+    assert!(out.status.success(), "start failed: {}", stderr(out));
+    let v = json(out);
+    v["pid"].as_u64().unwrap() as u32
+}
+
+#[test]
+fn daemon_start_and_stop_without_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _stop = StopOnDrop(state);
+    let pid = started_pid(&banger(state, &["daemon", "start", "--json"]));
+    assert!(alive(pid));
+    let again = banger(state, &["daemon", "start"]);
+    assert!(stdout(&again).contains(&format!("bangerd is already running (pid {pid}")), "{}", stdout(&again));
+
+    let helper_pid = std::fs::read_to_string(state.join("run/helper.pid")).ok();
+    if capable("root", is_root(), "`daemon start` starts banger-helper only as root") {
+        let status = stdout(&banger(state, &["daemon", "status"]));
+        assert!(status.contains("connected to banger-helper"), "{status}");
+        assert!(helper_pid.is_some(), "the helper wrote its pid file");
+    }
+
+    let restarted = banger(state, &["daemon", "restart", "--json"]);
+    let new_pid = started_pid(&restarted);
+    assert_ne!(new_pid, pid);
+    wait_dead(pid);
+
+    let out = banger(state, &["daemon", "stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "bangerd stopped");
+    wait_dead(new_pid);
+    assert!(!state.join("run/bangerd.sock").exists(), "socket removed");
+    assert!(!state.join("run/helper.pid").exists(), "helper stopped and its pid file removed");
+    let out = banger(state, &["daemon", "stop"]);
+    assert_eq!(stdout(&out).trim(), "bangerd was not running");
+}
+
+#[test]
+fn a_daemon_that_cannot_start_is_reported_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("x".repeat(120));
+    let out = banger(dir.path(), &["daemon", "start", "--no-helper", "--socket", long.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("error: bangerd did not start: it exited"), "{err}");
+    assert!(err.contains("--- last lines of "), "{err}");
+    assert!(err.contains("bad socket path"), "the log tail shows bangerd's own complaint: {err}");
+    assert!(err.contains("hint: see the whole log in "), "{err}");
+}
+
+#[test]
+fn completion_scripts_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = banger(dir.path(), &["completion", shell]);
+        assert!(out.status.success());
+        let text = stdout(&out);
+        assert!(text.contains("banger") && text.contains("daemon"), "{shell}: {text}");
+    }
+}
+
+#[test]
+fn install_writes_notify_units_and_uninstall_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units");
+    let out = banger(
+        dir.path(),
+        &["daemon", "install", "--unit-dir", units.to_str().unwrap(), "--group", "banger"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let daemon = std::fs::read_to_string(units.join("bangerd.service")).unwrap();
+    assert!(daemon.contains("Type=notify\n") && daemon.contains("WatchdogSec=30s\n"), "{daemon}");
+    let exec = daemon.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+    let program = exec.split(' ').next().unwrap();
+    assert!(Path::new(program).is_file(), "ExecStart names a real binary: {exec}");
+    assert!(exec.ends_with("--system --group banger"), "{exec}");
+    let helper = std::fs::read_to_string(units.join("banger-helper.service")).unwrap();
+    assert!(helper.contains("--owner-uid 0"), "{helper}");
+
+    let out = banger(dir.path(), &["daemon", "uninstall", "--unit-dir", units.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(!units.join("bangerd.service").exists() && !units.join("banger-helper.service").exists());
+
+    let out = banger(dir.path(), &["daemon", "install", "--user", "--unit-dir", units.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(units.join("bangerd.service").exists() && !units.join("banger-helper.service").exists());
+}
