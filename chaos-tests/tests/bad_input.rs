@@ -165,3 +165,32 @@ async fn the_cli_socket_refuses_a_helper_client_and_vice_versa() {
     };
     assert!(err.message.contains("belongs to bangerd"), "{err:?}");
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_with_advice() {
+    // 1024 open connections need more descriptors than the common soft limit, in this process
+    // and in the daemon it spawns (which inherits the limit).
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if !capable("fds", hard >= 4096, &format!("the hard RLIMIT_NOFILE is {hard}; 4096 are needed")) {
+        return;
+    }
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 4096, hard).unwrap();
+    let d = TestDaemon::start().await;
+    let mut held = vec![];
+    for _ in 0..1024 {
+        held.push(d.client().await);
+    }
+    let err = match Client::<Daemon>::connect(&d.socket, "one too many").await {
+        Err(chaos_tests::protocol::channel::ClientError::Refused(e)) => e,
+        other => panic!("expected a refusal, got {:?}", other.map(|c| c.version)),
+    };
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(err.message.contains("1024 connections"), "{err:?}");
+    held.truncate(10);
+    // Once clients leave, new ones are served again.
+    chaos_tests::wait_until(std::time::Duration::from_secs(10), "a free connection slot", || async {
+        Client::<Daemon>::connect(&d.socket, "later").await.ok().map(|_| ())
+    })
+    .await;
+    assert_eq!(held[0].call(&Request::Ping).await.unwrap(), Response::Pong);
+}

@@ -170,3 +170,31 @@ fn install_writes_notify_units_and_uninstall_removes_them() {
     assert!(out.status.success());
     assert!(units.join("bangerd.service").exists() && !units.join("banger-helper.service").exists());
 }
+
+/// A FAKE daemon from a future release: the one fault that cannot be produced with the real
+/// binaries of one build. It answers the handshake as a bangerd that speaks only protocol 7..=9.
+#[tokio::test]
+async fn a_version_mismatch_says_which_side_to_upgrade() {
+    use chaos_tests::protocol::channel::{Channel, server_handshake};
+    use chaos_tests::protocol::handshake::{Hello, ServiceKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/bangerd.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut listener = tokio_seqpacket::UnixSeqpacketListener::bind(&socket).unwrap();
+    let server = tokio::spawn(async move {
+        let mut future = Hello::new(ServiceKind::Daemon, "bangerd");
+        future.software = "bangerd 9.0.0".into();
+        future.min_version = 7;
+        future.max_version = 9;
+        let mut chan = Channel::new(listener.accept().await.unwrap());
+        server_handshake(&mut chan, &future, Ok(())).await
+    });
+    let state = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || banger(&state, &["daemon", "status"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(7), "VersionMismatch exits 7: {out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("banger 0.1.0 speaks 1..=1, bangerd 9.0.0 speaks 7..=9"), "{err}");
+    assert!(err.contains("hint: upgrade banger 0.1.0 to match bangerd 9.0.0"), "{err}");
+    assert!(server.await.unwrap().is_err(), "the fake server saw the refusal too");
+}

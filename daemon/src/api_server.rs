@@ -28,6 +28,10 @@ pub fn bind(config: &Config) -> Result<OwnedFd, String> {
     bind_listener(&config.socket, &access)
 }
 
+/// Connections served at once; past this a client is refused with advice instead of the daemon
+/// running out of file descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectionClosed;
@@ -72,9 +76,18 @@ impl StreamHandler<std::io::Result<UnixSeqpacket>> for ApiServer {
                 return;
             }
         };
+        let full = self.open >= MAX_CONNECTIONS;
         self.served += 1;
         self.open += 1;
         let (verdict, log) = match sock.peer_cred() {
+            Ok(_) if full => (
+                Err(protocol::Error::new(
+                    protocol::ErrorKind::Unavailable,
+                    format!("bangerd is serving {MAX_CONNECTIONS} connections already"),
+                )
+                .with_hint("close idle clients, or retry shortly")),
+                self.log.new(o!("conn" => self.served)),
+            ),
             Ok(cred) => (
                 peer::admit(&self.deps.config, &cred),
                 self.log.new(

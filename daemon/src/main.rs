@@ -1,6 +1,10 @@
 //! `bangerd`: the owner daemon. Parses flags, binds the socket, then hands everything to the
 //! root supervisor running on an actix `System` over a multi-thread tokio runtime.
 
+// Fault injection must never ship: a release build with it is refused outright.
+#[cfg(all(feature = "chaos", not(debug_assertions)))]
+compile_error!("the `chaos` feature is for test builds only; build releases without it");
+
 mod api_server;
 mod child;
 mod config;
