@@ -108,3 +108,15 @@ async fn chaos_for_an_unknown_actor_names_the_real_ones() {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_panicking_supervisor_takes_the_process_down_for_its_manager_to_restart() {
+    let mut d = TestDaemon::start().await;
+    // The supervisor dies inside the handler, so the reply is an error or nothing at all.
+    let reply =
+        d.client().await.call(&Request::Chaos(ChaosAction::Panic { actor: "supervisor".into() })).await;
+    assert!(!matches!(reply, Ok(Response::Ok)), "{reply:?}");
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "exits non-zero so systemd (Restart=on-failure) restarts it");
+    assert!(d.log_text().contains("the supervisor stopped unexpectedly"), "{}", d.log_text());
+}

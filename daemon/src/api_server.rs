@@ -46,8 +46,13 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    pub fn new(cx: ChildCtx, listener: &OwnedFd, deps: Deps) -> std::io::Result<Self> {
-        let listener = UnixSeqpacketListener::try_from(listener.as_fd().try_clone_to_owned()?)?;
+    pub fn new(mut cx: ChildCtx, listener: &OwnedFd, deps: Deps) -> Result<Self, String> {
+        let registered = listener.as_fd().try_clone_to_owned().and_then(UnixSeqpacketListener::try_from);
+        let listener = registered.map_err(|e| {
+            let why = format!("cannot register the listening socket: {e}");
+            cx.guard.exiting(why.clone());
+            why
+        })?;
         Ok(ApiServer { listener: Some(listener), deps, log: cx.log, guard: cx.guard, open: 0, served: 0 })
     }
 }

@@ -34,7 +34,7 @@ pub struct ChildStarted {
 pub struct Describe;
 
 /// The supervisor's orders to a child.
-#[derive(Message, Debug, Clone, Copy)]
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 #[rtype(result = "()")]
 pub enum Control {
     /// Stop cleanly (shutdown, or a chaos `Stop`).

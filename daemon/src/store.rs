@@ -10,7 +10,7 @@ use slog::{Logger, error, info};
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
 
-pub const SUBDIRS: [&str; 3] = ["images", "kernels", "vms"];
+const SUBDIRS: [&str; 3] = ["images", "kernels", "vms"];
 
 pub struct Store {
     root: PathBuf,

@@ -20,8 +20,26 @@ use crate::helper::HelperLink;
 use crate::notify::Notifier;
 use crate::store::Store;
 
-/// Start order; shutdown runs it backwards. The API comes last so that READY means "answers".
-const CHILDREN: [&str; 3] = ["store", "helper", "api"];
+/// The supervised actors, in start order; shutdown runs it backwards. The API comes last so
+/// that READY means "the socket answers".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Child {
+    Store,
+    Helper,
+    Api,
+}
+
+const CHILDREN: [Child; 3] = [Child::Store, Child::Helper, Child::Api];
+
+impl Child {
+    fn name(self) -> &'static str {
+        match self {
+            Child::Store => "store",
+            Child::Helper => "helper",
+            Child::Api => "api",
+        }
+    }
+}
 /// First restart delay; doubles with each exit that follows a short run.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -59,6 +77,7 @@ impl Handle {
 }
 
 struct Slot {
+    child: Child,
     name: &'static str,
     state: ActorState,
     incarnation: u64,
@@ -88,8 +107,9 @@ impl Supervisor {
     pub fn new(config: Config, listener: OwnedFd, log: Logger) -> Self {
         let slots = CHILDREN
             .iter()
-            .map(|&name| Slot {
-                name,
+            .map(|&child| Slot {
+                child,
+                name: child.name(),
                 state: ActorState::Starting,
                 incarnation: 0,
                 handle: None,
@@ -130,16 +150,16 @@ impl Supervisor {
         slot.fail_starts = slot.fail_starts.saturating_sub(1);
         slot.incarnation = incarnation;
         slot.state = ActorState::Starting;
-        let name = slot.name;
+        let (child, name) = (slot.child, slot.name);
         let cx = ChildCtx {
             config: self.config.clone(),
             log: self.log.new(o!("actor" => name, "incarnation" => incarnation)),
             guard: ChildGuard::new(name, incarnation, me.clone().recipient(), me.clone().recipient(), fail),
         };
-        let handle = match name {
-            "store" => Some(Handle::of(Store::new(cx).start())),
-            "helper" => Some(Handle::of(HelperLink::new(cx).start())),
-            _ => {
+        let handle = match child {
+            Child::Store => Some(Handle::of(Store::new(cx).start())),
+            Child::Helper => Some(Handle::of(HelperLink::new(cx).start())),
+            Child::Api => {
                 let deps = Deps { config: self.config.clone(), supervisor: me };
                 match ApiServer::new(cx, &self.listener, deps) {
                     Ok(api) => Some(Handle::of(api.start())),
@@ -210,6 +230,15 @@ impl Actor for Supervisor {
             ctx.run_interval(every, |act, _| act.notifier.watchdog());
         }
     }
+
+    /// Nothing supervises the supervisor: if it goes (a panic), the process exits non-zero and
+    /// systemd or the user starts a fresh one, rather than leaving actors without a parent.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if !self.shutting_down {
+            error!(self.log, "the supervisor stopped unexpectedly; exiting");
+            System::current().stop_with_code(1);
+        }
+    }
 }
 
 impl Handler<ChildStarted> for Supervisor {
@@ -224,7 +253,7 @@ impl Handler<ChildStarted> for Supervisor {
         }
         slot.state = ActorState::Running;
         slot.started_at = Some(Instant::now());
-        if msg.name == "api" && !self.ready {
+        if msg.name == Child::Api.name() && !self.ready {
             self.ready = true;
             info!(self.log, "ready"; "socket" => %self.config.socket.display());
             self.notifier.ready("ready");
@@ -329,7 +358,10 @@ impl Handler<Chaos> for Supervisor {
             ChaosAction::FailStarts { actor, times } => (actor, Control::Panic, times),
             ChaosAction::Echo { .. } => return Err(Error::internal("echo is answered by the connection")),
         };
-        let names = CHILDREN.join(", ");
+        if actor == "supervisor" && control == Control::Panic {
+            panic!("chaos: injected panic in the supervisor");
+        }
+        let names = CHILDREN.map(Child::name).join(", ");
         let slot = self.slot(&actor).ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("no actor named {actor:?}"))
                 .with_hint(format!("actors: {names}"))
