@@ -10,6 +10,7 @@ mod child;
 mod config;
 mod connection;
 mod helper;
+mod image_cache;
 mod logging;
 mod notify;
 mod peer;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -21,6 +22,24 @@ pub enum Request {
     /// Fault injection for `chaos-tests/`. Only a daemon built with the `chaos` feature accepts
     /// it; any other answers [`Response::Error`] with kind `InvalidInput`.
     Chaos(ChaosAction),
+    /// Pull an image from a registry and flatten it into `rootfs.ext4`. Answered with a stream
+    /// of [`Response::PullProgress`] and finally [`Response::Image`]. Waits behind a running
+    /// cache prune. Since protocol 2.
+    ImagePull(PullRequest),
+    /// Every stored image. Answered with [`Response::Images`]. Since protocol 2.
+    ImageList,
+    /// One image. Answered with [`Response::Image`] or a `NotFound` error. Since protocol 2.
+    ImageInspect { name: String },
+    /// Delete an image; refused while a VM uses it unless `force`. Answered with
+    /// [`Response::Ok`]. Since protocol 2.
+    ImageRemove { name: String, force: bool },
+    /// Make an image from a flat rootfs tar. The tar arrives as a file descriptor passed with
+    /// this request (SCM_RIGHTS). Answered like `ImagePull`. Since protocol 2.
+    ImageImport { name: String, size: Option<u64>, file: String },
+    /// Delete (or with `dry_run`, count) every cached blob. Waits for in-flight pulls and holds
+    /// new ones back; concurrent prunes share one run. Answered with [`Response::Pruned`].
+    /// Since protocol 2.
+    CachePrune { dry_run: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +64,10 @@ pub enum Response {
     Ok,
     Echo(Vec<u8>),
     Error(Error),
+    PullProgress(PullEvent),
+    Images(Vec<ImageInfo>),
+    Image(ImageInfo),
+    Pruned(PruneReport),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //!
 //! - [`daemon`]: what `banger` (and tests) send to `bangerd`, and what comes back.
 //! - [`helper`]: what `bangerd` sends to the root `banger-helper`.
+//! - [`image`]: image pulls, listings and cache prunes.
 //! - [`handshake`]: the first message both ways (magic, service, version range).
 //! - [`frame`]: datagram framing: chunking, reassembly, stream flags, size caps.
 //! - [`codec`]: bincode with a byte limit and no trailing bytes.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod helper;
+pub mod image;
 pub mod paths;
 
 pub use error::{Error, ErrorKind};
