@@ -7,7 +7,7 @@ use chaos_tests::protocol::channel::{Channel, Client, Daemon, Helper, Service};
 use chaos_tests::protocol::codec::encode;
 use chaos_tests::protocol::daemon::{ChaosAction, Request, Response};
 use chaos_tests::protocol::frame::{CONTINUED, MAX_BODY, MAX_DATAGRAM};
-use chaos_tests::protocol::handshake::{Hello, ServerHello, ServiceKind};
+use chaos_tests::protocol::handshake::{Hello, PROTOCOL_MAX, PROTOCOL_MIN, ServerHello, ServiceKind};
 use chaos_tests::protocol::helper::{HelperRequest, HelperResponse};
 use chaos_tests::protocol::{Error, ErrorKind};
 use chaos_tests::{TestDaemon, TestHelper, capable, is_root, rss_kib};
@@ -86,7 +86,8 @@ where
     hello.min_version = 99;
     hello.max_version = 100;
     let err = refused_at_handshake(socket, &framed(&hello), ErrorKind::VersionMismatch).await;
-    assert!(err.message.contains("99..=100") && err.message.contains("1..=1"), "names both ranges: {err:?}");
+    let ours = format!("{PROTOCOL_MIN}..={PROTOCOL_MAX}");
+    assert!(err.message.contains("99..=100") && err.message.contains(&ours), "names both ranges: {err:?}");
     assert!(err.hint.is_some_and(|h| h.starts_with("upgrade ")), "says which side to upgrade");
 
     // A truncated frame: a valid request cut short (or, for one-byte requests, an unknown variant).

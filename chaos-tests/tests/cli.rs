@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use chaos_tests::protocol::handshake::{PROTOCOL_MAX, PROTOCOL_MIN};
 use chaos_tests::{TestDaemon, banger, capable, is_root, stderr, stdout};
 use serde_json::Value;
 
@@ -19,11 +20,14 @@ async fn version_reports_client_and_daemon() {
     let out = d.cli(&["version"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("client: banger 0.1.0 (protocol 1..=1)"), "{text}");
-    assert!(text.contains("daemon: bangerd 0.1.0 (protocol 1"), "{text}");
+    assert!(
+        text.contains(&format!("client: banger 0.1.0 (protocol {PROTOCOL_MIN}..={PROTOCOL_MAX})")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("daemon: bangerd 0.1.0 (protocol {PROTOCOL_MAX}")), "{text}");
     let v = json(&d.cli(&["version", "--json"]));
     assert_eq!(v["client"]["software"], "banger 0.1.0");
-    assert_eq!(v["daemon"]["protocol"], 1);
+    assert_eq!(v["daemon"]["protocol"], PROTOCOL_MAX);
 }
 
 #[test]
@@ -57,7 +61,7 @@ async fn status_shows_the_actor_tree() {
     let v = json(&d.cli(&["daemon", "status", "--json"]));
     let names: Vec<&str> =
         v["root"]["children"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["store", "helper", "api"]);
+    assert_eq!(names, ["store", "helper", "images", "api"]);
     assert_eq!(v["root"]["children"][0]["state"], "Running");
     assert_eq!(v["pid"], d.pid());
 }
@@ -194,7 +198,8 @@ async fn a_version_mismatch_says_which_side_to_upgrade() {
     let out = tokio::task::spawn_blocking(move || banger(&state, &["daemon", "status"])).await.unwrap();
     assert_eq!(out.status.code(), Some(7), "VersionMismatch exits 7: {out:?}");
     let err = stderr(&out);
-    assert!(err.contains("banger 0.1.0 speaks 1..=1, bangerd 9.0.0 speaks 7..=9"), "{err}");
+    let speaks = format!("banger 0.1.0 speaks {PROTOCOL_MIN}..={PROTOCOL_MAX}, bangerd 9.0.0 speaks 7..=9");
+    assert!(err.contains(&speaks), "{err}");
     assert!(err.contains("hint: upgrade banger 0.1.0 to match bangerd 9.0.0"), "{err}");
     assert!(server.await.unwrap().is_err(), "the fake server saw the refusal too");
 }

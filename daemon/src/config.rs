@@ -35,6 +35,12 @@ pub struct Args {
     /// Do not connect to a helper at all.
     #[arg(long, conflicts_with = "helper_socket")]
     pub no_helper: bool,
+    /// A registry (host[:port]) to reach over plain HTTP; repeatable. Loopback ones always are.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Refuse an image whose uncompressed content exceeds this many bytes.
+    #[arg(long, default_value_t = 64 << 30)]
+    pub max_image_bytes: u64,
     #[arg(long, value_enum, default_value = "auto")]
     pub log_format: LogFormat,
     /// error, warning, info, debug or trace.
@@ -54,6 +60,8 @@ pub struct Config {
     pub owner: Uid,
     pub group: Option<(Gid, String)>,
     pub helper_socket: Option<PathBuf>,
+    pub insecure_registries: Vec<String>,
+    pub max_image_bytes: u64,
 }
 
 impl Config {
@@ -75,6 +83,14 @@ impl Config {
         } else {
             Some(args.helper_socket.clone().unwrap_or_else(|| layout.helper_socket()))
         };
-        Ok(Config { layout, socket, owner: Uid::effective(), group, helper_socket })
+        Ok(Config {
+            layout,
+            socket,
+            owner: Uid::effective(),
+            group,
+            helper_socket,
+            insecure_registries: args.insecure_registries.clone(),
+            max_image_bytes: args.max_image_bytes,
+        })
     }
 }

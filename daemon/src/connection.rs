@@ -13,7 +13,8 @@ use tokio_seqpacket::UnixSeqpacket;
 
 use crate::api_server::ConnectionClosed;
 use crate::config::Config;
-use crate::supervisor::{Chaos, GetStatus, Shutdown, Supervisor};
+use crate::image_cache::{self, InspectImage, ListImages, Prune, RemoveImage, StartPull};
+use crate::supervisor::{Chaos, GetImages, GetStatus, Shutdown, Supervisor};
 
 /// What a connection needs to answer requests.
 #[derive(Clone)]
@@ -110,9 +111,7 @@ async fn route(chan: &Channel, request: Request, version: u32, deps: &Deps) -> R
         | Request::ImageInspect { .. }
         | Request::ImageRemove { .. }
         | Request::ImageImport { .. }
-        | Request::CachePrune { .. } => {
-            Response::Error(Error::new(ErrorKind::Unavailable, "images are not wired in yet"))
-        }
+        | Request::CachePrune { .. } => return image_request(chan, request, deps).await,
         Request::Chaos(_) => Response::Error(
             Error::new(ErrorKind::InvalidInput, "this bangerd was built without fault injection")
                 .with_hint("build it with `--features chaos` to run chaos-tests"),
@@ -152,6 +151,57 @@ async fn chaos(chan: &Channel, action: ChaosAction, deps: &Deps) -> Result<(), W
         Ok(Ok(())) => Response::Ok,
         Ok(Err(e)) => Response::Error(e),
         Err(e) => Response::Error(Error::internal(format!("the supervisor did not answer: {e}"))),
+    };
+    chan.send(&reply, false).await
+}
+
+/// Routes an image request to the ImageCache and streams its answer back.
+async fn image_request(chan: &Channel, request: Request, deps: &Deps) -> Result<(), WireError> {
+    let Ok(Some(images)) = deps.supervisor.send(GetImages).await else {
+        return chan.send(&Response::Error(image_cache::unavailable()), false).await;
+    };
+    let gone = |e: actix::MailboxError| Error::internal(format!("the image cache did not answer: {e}"));
+    let reply = match request {
+        Request::ImagePull(pull) => {
+            let mut handle = match images.send(StartPull(pull)).await {
+                Ok(h) => h,
+                Err(e) => return chan.send(&Response::Error(gone(e)), false).await,
+            };
+            while let Some(event) = handle.events.recv().await {
+                chan.send(&Response::PullProgress(event), true).await?;
+            }
+            match handle.result.await {
+                Ok(Ok(info)) => Response::Image(info),
+                Ok(Err(e)) => Response::Error(e),
+                Err(_) => Response::Error(image_cache::unavailable()),
+            }
+        }
+        Request::ImageList => match images.send(ListImages).await.map_err(gone).and_then(|r| r) {
+            Ok(list) => Response::Images(list),
+            Err(e) => Response::Error(e),
+        },
+        Request::ImageInspect { name } => {
+            match images.send(InspectImage(name)).await.map_err(gone).and_then(|r| r) {
+                Ok(info) => Response::Image(info),
+                Err(e) => Response::Error(e),
+            }
+        }
+        // No VM can use an image yet; `force` will matter once VMs hold them.
+        Request::ImageRemove { name, force: _ } => {
+            match images.send(RemoveImage { name }).await.map_err(gone).and_then(|r| r) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::CachePrune { dry_run } => match images.send(Prune { dry_run }).await {
+            Ok(rx) => match rx.await {
+                Ok(Ok(report)) => Response::Pruned(report),
+                Ok(Err(e)) => Response::Error(e),
+                Err(_) => Response::Error(image_cache::unavailable()),
+            },
+            Err(e) => Response::Error(gone(e)),
+        },
+        _ => Response::Error(Error::new(ErrorKind::InvalidInput, "image import is not available yet")),
     };
     chan.send(&reply, false).await
 }

@@ -17,6 +17,7 @@ use crate::child::{ChildCtx, ChildExited, ChildGuard, ChildStarted, Control, Des
 use crate::config::Config;
 use crate::connection::{Deps, version_info};
 use crate::helper::HelperLink;
+use crate::image_cache::ImageCache;
 use crate::notify::Notifier;
 use crate::store::Store;
 
@@ -26,16 +27,18 @@ use crate::store::Store;
 enum Child {
     Store,
     Helper,
+    Images,
     Api,
 }
 
-const CHILDREN: [Child; 3] = [Child::Store, Child::Helper, Child::Api];
+const CHILDREN: [Child; 4] = [Child::Store, Child::Helper, Child::Images, Child::Api];
 
 impl Child {
     fn name(self) -> &'static str {
         match self {
             Child::Store => "store",
             Child::Helper => "helper",
+            Child::Images => "images",
             Child::Api => "api",
         }
     }
@@ -62,9 +65,16 @@ pub struct GetStatus;
 #[rtype(result = "Result<(), Error>")]
 pub struct Chaos(pub ChaosAction);
 
+/// The image cache's current address (it changes when the actor restarts).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<ImageCache>>")]
+pub struct GetImages;
+
 struct Handle {
     describe: Recipient<Describe>,
     control: Recipient<Control>,
+    /// Set for the image cache, which connections talk to directly.
+    images: Option<Addr<ImageCache>>,
 }
 
 impl Handle {
@@ -72,7 +82,7 @@ impl Handle {
     where
         A: Actor<Context = Context<A>> + Handler<Describe> + Handler<Control>,
     {
-        Handle { describe: addr.clone().recipient(), control: addr.recipient() }
+        Handle { describe: addr.clone().recipient(), control: addr.recipient(), images: None }
     }
 }
 
@@ -159,6 +169,10 @@ impl Supervisor {
         let handle = match child {
             Child::Store => Some(Handle::of(Store::new(cx).start())),
             Child::Helper => Some(Handle::of(HelperLink::new(cx).start())),
+            Child::Images => {
+                let addr = ImageCache::new(cx).start();
+                Some(Handle { images: Some(addr.clone()), ..Handle::of(addr) })
+            }
             Child::Api => {
                 let deps = Deps { config: self.config.clone(), supervisor: me };
                 match ApiServer::new(cx, &self.listener, deps) {
@@ -345,6 +359,13 @@ impl Handler<GetStatus> for Supervisor {
                 },
             }
         }))
+    }
+}
+
+impl Handler<GetImages> for Supervisor {
+    type Result = Option<Addr<ImageCache>>;
+    fn handle(&mut self, _: GetImages, _: &mut Context<Self>) -> Self::Result {
+        self.slots.iter().find_map(|s| s.handle.as_ref()?.images.clone())
     }
 }
 

@@ -44,11 +44,6 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.hex
     }
-
-    /// The first 12 hex digits, as users see layer ids.
-    pub fn short(&self) -> &str {
-        &self.hex[..12]
-    }
 }
 
 impl fmt::Display for Digest {

@@ -141,10 +141,6 @@ impl ImageStore {
             .and_then(|()| std::fs::remove_dir_all(&doomed))
             .map_err(|e| Error::internal(format!("cannot remove image {name}: {e}")))
     }
-
-    pub fn rootfs(&self, name: &str) -> PathBuf {
-        self.dir.join(name).join(ROOTFS)
-    }
 }
 
 fn sync_dir(dir: &Path) {

@@ -1,7 +1,272 @@
-//! ImageCache: owns the blob cache and the image store.
-#![allow(dead_code)] // wired into the actor tree in the next step
+//! ImageCache: owns the blob cache and the image store. Takes `StartPull`, `ListImages`,
+//! `InspectImage`, `RemoveImage`, `Prune`, and `Describe`/`Control` from the supervisor.
+//!
+//! Pulls run as futures in this actor's context. A prune is serialised against them here, with
+//! no locks and no blocked mailbox: it waits until the pulls in flight finish, pulls that arrive
+//! meanwhile are held in a queue until it is done, and prunes that arrive together share a run.
+
 pub mod blobs;
 pub mod digest;
 pub mod extract;
 pub mod flatten;
 pub mod images;
+pub mod locks;
+pub mod pull;
+pub mod registry;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use protocol::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
+use protocol::{Error, ErrorKind};
+use slog::{Logger, info, warn};
+use tokio::sync::{mpsc, oneshot};
+
+use self::blobs::BlobStore;
+use self::extract::Limits;
+use self::images::ImageStore;
+use self::locks::KeyLocks;
+use self::pull::PullCtx;
+use crate::child::{ChildCtx, ChildGuard, Describe};
+
+/// What a caller of `StartPull` reads: progress, then the result.
+pub struct PullHandle {
+    pub events: mpsc::UnboundedReceiver<PullEvent>,
+    pub result: oneshot::Receiver<Result<ImageInfo, Error>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "PullHandle")]
+pub struct StartPull(pub PullRequest);
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ImageInfo>, Error>")]
+pub struct ListImages;
+
+#[derive(Message)]
+#[rtype(result = "Result<ImageInfo, Error>")]
+pub struct InspectImage(pub String);
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct RemoveImage {
+    pub name: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<Result<PruneReport, Error>>")]
+pub struct Prune {
+    pub dry_run: bool,
+}
+
+struct HeldPull {
+    request: PullRequest,
+    events: mpsc::UnboundedSender<PullEvent>,
+    result: oneshot::Sender<Result<ImageInfo, Error>>,
+}
+
+struct PruneBatch {
+    dry_run: bool,
+    waiters: Vec<oneshot::Sender<Result<PruneReport, Error>>>,
+}
+
+pub struct ImageCache {
+    pulls: PullCtx,
+    log: Logger,
+    guard: ChildGuard,
+    in_flight: usize,
+    held: VecDeque<HeldPull>,
+    /// Prunes in arrival order; the front one runs once no pull is in flight.
+    prunes: VecDeque<PruneBatch>,
+    pruning: bool,
+}
+
+impl ImageCache {
+    pub fn new(cx: ChildCtx) -> Self {
+        let config = &cx.config;
+        let pulls = PullCtx {
+            blobs: BlobStore::new(&config.layout.cache_dir),
+            images: Arc::new(ImageStore::new(&config.layout.state_dir)),
+            locks: KeyLocks::default(),
+            insecure: Arc::new(config.insecure_registries.clone()),
+            limits: Limits { max_bytes: config.max_image_bytes, ..Limits::default() },
+        };
+        ImageCache {
+            pulls,
+            log: cx.log,
+            guard: cx.guard,
+            in_flight: 0,
+            held: VecDeque::new(),
+            prunes: VecDeque::new(),
+            pruning: false,
+        }
+    }
+
+    fn start_pull(&mut self, held: HeldPull, ctx: &mut Context<Self>) {
+        self.in_flight += 1;
+        let HeldPull { request, events, result } = held;
+        info!(self.log, "pull started"; "reference" => &request.reference);
+        let work = pull::pull(request, self.pulls.clone(), events);
+        ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
+            act.in_flight -= 1;
+            if let Err(e) = &outcome {
+                warn!(act.log, "pull failed"; "error" => &e.message);
+            }
+            let _ = result.send(outcome);
+            act.next_prune(ctx);
+        }));
+    }
+
+    /// Starts the front prune when nothing is pulling; when no prune is left, releases the
+    /// pulls that were held back.
+    fn next_prune(&mut self, ctx: &mut Context<Self>) {
+        if self.pruning || self.in_flight > 0 {
+            return;
+        }
+        let Some(batch) = self.prunes.front() else {
+            while let Some(held) = self.held.pop_front() {
+                self.start_pull(held, ctx);
+            }
+            return;
+        };
+        self.pruning = true;
+        let (blobs, dry_run) = (self.pulls.blobs.clone(), batch.dry_run);
+        let work = async move { tokio::task::spawn_blocking(move || blobs.prune(dry_run)).await };
+        ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
+            act.pruning = false;
+            let dir = act.pulls.blobs.dir().display().to_string();
+            let report = match outcome {
+                Ok(Ok(freed)) => {
+                    Ok(PruneReport { dry_run, freed_bytes: freed.bytes, blobs: freed.blobs, dir })
+                }
+                Ok(Err(e)) => Err(Error::internal(format!("prune failed in {dir}: {e}"))),
+                Err(e) => Err(Error::internal(format!("prune task failed: {e}"))),
+            };
+            if let Some(batch) = act.prunes.pop_front() {
+                info!(act.log, "prune done"; "dry_run" => dry_run, "waiters" => batch.waiters.len());
+                for w in batch.waiters {
+                    let _ = w.send(report.clone());
+                }
+            }
+            act.next_prune(ctx);
+        }));
+    }
+}
+
+impl Actor for ImageCache {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let images = self.pulls.images.clone();
+        // Before any pull: nothing else may touch the store while a crash's leftovers go.
+        let cleanup = async move { tokio::task::spawn_blocking(move || images.clean_leftovers()).await };
+        ctx.wait(cleanup.into_actor(self).map(|outcome, act, ctx| match outcome {
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    info!(act.log, "removed leftovers of interrupted pulls"; "count" => n);
+                }
+                act.guard.started();
+            }
+            Ok(Err(e)) => {
+                act.guard.exiting(format!("cannot prepare {}: {e}", act.pulls.images.dir().display()));
+                ctx.stop();
+            }
+            Err(e) => {
+                act.guard.exiting(format!("cleanup task failed: {e}"));
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+impl Handler<StartPull> for ImageCache {
+    type Result = MessageResult<StartPull>;
+
+    fn handle(&mut self, StartPull(request): StartPull, ctx: &mut Context<Self>) -> Self::Result {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (result, result_rx) = oneshot::channel();
+        let held = HeldPull { request, events, result };
+        if self.pruning || !self.prunes.is_empty() {
+            let _ = held.events.send(PullEvent::WaitingForPrune);
+            self.held.push_back(held);
+        } else {
+            self.start_pull(held, ctx);
+        }
+        MessageResult(PullHandle { events: events_rx, result: result_rx })
+    }
+}
+
+impl Handler<Prune> for ImageCache {
+    type Result = MessageResult<Prune>;
+
+    fn handle(&mut self, msg: Prune, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        // Join the last queued prune of the same kind unless it is already running.
+        let running_front = self.pruning && self.prunes.len() == 1;
+        match self.prunes.back_mut() {
+            Some(batch) if batch.dry_run == msg.dry_run && !running_front => batch.waiters.push(tx),
+            _ => self.prunes.push_back(PruneBatch { dry_run: msg.dry_run, waiters: vec![tx] }),
+        }
+        self.next_prune(ctx);
+        MessageResult(rx)
+    }
+}
+
+/// Runs a small store operation on a blocking thread and answers with its result.
+fn off_mailbox<T: Send + 'static>(
+    images: Arc<ImageStore>,
+    f: impl FnOnce(&ImageStore) -> Result<T, Error> + Send + 'static,
+) -> ResponseFuture<Result<T, Error>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || f(&images))
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("store task failed: {e}"))))
+    })
+}
+
+impl Handler<ListImages> for ImageCache {
+    type Result = ResponseFuture<Result<Vec<ImageInfo>, Error>>;
+    fn handle(&mut self, _: ListImages, _: &mut Context<Self>) -> Self::Result {
+        off_mailbox(self.pulls.images.clone(), |s| s.list())
+    }
+}
+
+impl Handler<InspectImage> for ImageCache {
+    type Result = ResponseFuture<Result<ImageInfo, Error>>;
+    fn handle(&mut self, InspectImage(name): InspectImage, _: &mut Context<Self>) -> Self::Result {
+        off_mailbox(self.pulls.images.clone(), move |s| s.get(&name))
+    }
+}
+
+impl Handler<RemoveImage> for ImageCache {
+    type Result = ResponseFuture<Result<(), Error>>;
+    fn handle(&mut self, msg: RemoveImage, _: &mut Context<Self>) -> Self::Result {
+        let (images, locks) = (self.pulls.images.clone(), self.pulls.locks.clone());
+        Box::pin(async move {
+            images::validate_name(&msg.name)?;
+            // Not while a pull is installing the same name.
+            let _held = locks.lock(format!("image:{}", msg.name)).await;
+            off_mailbox(images, move |s| s.remove(&msg.name)).await
+        })
+    }
+}
+
+impl Handler<Describe> for ImageCache {
+    type Result = Option<String>;
+    fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
+        let prune = match (self.pruning, self.prunes.len()) {
+            (true, _) => "prune running",
+            (false, 0) => "no prune",
+            (false, _) => "prune waiting for pulls",
+        };
+        Some(format!("{} pull(s) in flight, {} held, {prune}", self.in_flight, self.held.len()))
+    }
+}
+
+crate::handle_control!(ImageCache);
+
+/// The error for a request that needs the image cache while it is restarting.
+pub fn unavailable() -> Error {
+    Error::new(ErrorKind::Unavailable, "the image cache is restarting").with_hint("retry in a moment")
+}

@@ -1,0 +1,187 @@
+//! One pull, start to finish: resolve, fetch layers in parallel into the blob cache, flatten,
+//! build ext4, install. Runs as a future spawned by the ImageCache actor; disk and CPU work goes
+//! to blocking threads.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::Reference;
+use protocol::image::{ImageInfo, ImageSource, LayerProgress, PullEvent, PullRequest};
+use protocol::{Error, ErrorKind};
+use tokio::sync::mpsc;
+
+use super::blobs::BlobStore;
+use super::digest::Digest;
+use super::extract::Limits;
+use super::flatten::{self, Layer};
+use super::images::{self, ImageStore};
+use super::locks::KeyLocks;
+use super::registry::{ImageConfig, Registry};
+
+/// Layers fetched at once.
+const PARALLEL_FETCHES: usize = 3;
+
+/// What every pull shares with the actor that started it.
+#[derive(Clone)]
+pub struct PullCtx {
+    pub blobs: BlobStore,
+    pub images: Arc<ImageStore>,
+    pub locks: KeyLocks,
+    pub insecure: Arc<Vec<String>>,
+    pub limits: Limits,
+}
+
+/// The local name an image gets when the user gives none: the repository's last segment, and
+/// the tag unless it is `latest` (`alpine:3.19` → `alpine-3.19`).
+pub fn default_name(reference: &Reference) -> String {
+    let repo = reference.repository().rsplit('/').next().unwrap_or("image");
+    let suffix = match (reference.tag(), reference.digest()) {
+        (Some("latest"), _) | (None, None) => String::new(),
+        (Some(tag), _) => format!("-{tag}"),
+        (None, Some(d)) => format!("-{}", d.trim_start_matches("sha256:").get(..12).unwrap_or(d)),
+    };
+    let raw = format!("{repo}{suffix}").to_ascii_lowercase();
+    let cleaned: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    cleaned.trim_start_matches(['.', '_', '-']).chars().take(63).collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn fail(message: String) -> Error {
+    let kind = if message.contains("no space left") { ErrorKind::Unavailable } else { ErrorKind::Internal };
+    Error::new(kind, message)
+}
+
+pub async fn pull(
+    req: PullRequest,
+    ctx: PullCtx,
+    events: mpsc::UnboundedSender<PullEvent>,
+) -> Result<ImageInfo, Error> {
+    let reference: Reference = req.reference.parse().map_err(|e| {
+        Error::new(ErrorKind::InvalidInput, format!("{:?} is not an image reference: {e}", req.reference))
+            .with_hint("write it as [registry/]repository[:tag][@sha256:digest], e.g. alpine:3.19")
+    })?;
+    let name = req.name.clone().unwrap_or_else(|| default_name(&reference));
+    images::validate_name(&name)?;
+    ctx.blobs.ensure_dir().map_err(|e| fail(format!("cannot create {}: {e}", ctx.blobs.dir().display())))?;
+
+    let registry = Registry::new(reference.clone(), req.auth.as_ref(), &ctx.insecure);
+    let manifest = registry.manifest().await.map_err(|e| {
+        let hint = if e.contains("401") || e.contains("nauthorized") {
+            "log in first (docker login), or check the reference"
+        } else {
+            "check the reference and that the registry is reachable"
+        };
+        Error::new(ErrorKind::Unavailable, e).with_hint(hint)
+    })?;
+    let layers: Vec<LayerProgress> = manifest
+        .layers
+        .iter()
+        .map(|l| LayerProgress {
+            digest: l.digest.clone(),
+            size: l.size,
+            cached: Digest::parse(&l.digest).is_ok_and(|d| ctx.blobs.has(&d)),
+        })
+        .collect();
+    let _ = events
+        .send(PullEvent::Resolved { manifest_digest: manifest.digest.to_string(), layers: layers.clone() });
+
+    registry.fetch(&manifest.config, &ctx.blobs, &ctx.locks, &events).await.map_err(fail)?;
+    let config_bytes = Registry::read_small(&ctx.blobs, &manifest.config).await.map_err(fail)?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("the image config is malformed: {e}")))?;
+
+    futures_util::stream::iter(manifest.layers.iter())
+        .map(|l| registry.fetch(l, &ctx.blobs, &ctx.locks, &events))
+        .buffer_unordered(PARALLEL_FETCHES)
+        .try_collect::<Vec<()>>()
+        .await
+        .map_err(fail)?;
+
+    let run = config.config.unwrap_or_default();
+    let info = ImageInfo {
+        name: name.clone(),
+        source: ImageSource::Pulled {
+            reference: reference.whole(),
+            manifest_digest: manifest.digest.to_string(),
+            config_digest: manifest.config.digest.clone(),
+        },
+        layers,
+        entrypoint: run.entrypoint.unwrap_or_default(),
+        cmd: run.cmd.unwrap_or_default(),
+        env: run.env.unwrap_or_default(),
+        workdir: run.working_dir.unwrap_or_default(),
+        user: run.user.unwrap_or_default(),
+        created: config.created,
+        added_at: now(),
+        content_bytes: 0,
+        rootfs_bytes: 0,
+    };
+    let sources: Vec<Layer> = manifest
+        .layers
+        .iter()
+        .map(|l| {
+            Digest::parse(&l.digest)
+                .map(|d| Layer { path: ctx.blobs.path(&d), media_type: l.media_type.clone() })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    build(info, sources, req.size, &ctx, &events).await
+}
+
+/// Flattens `layers` into a new image named `info.name` and installs it.
+pub async fn build(
+    mut info: ImageInfo,
+    layers: Vec<Layer>,
+    size: Option<u64>,
+    ctx: &PullCtx,
+    events: &mpsc::UnboundedSender<PullEvent>,
+) -> Result<ImageInfo, Error> {
+    let staging =
+        ctx.images.staging(&info.name).map_err(|e| fail(format!("cannot create a staging dir: {e}")))?;
+    let tree = staging.path.join("tree");
+    std::fs::create_dir(&tree).map_err(|e| fail(format!("cannot create {}: {e}", tree.display())))?;
+    let _ = events.send(PullEvent::Stage { name: "flattening".into() });
+    let limits = ctx.limits;
+    let (t, l) = (tree.clone(), layers);
+    let stats = blocking(move || flatten::apply_layers(&t, &l, limits))
+        .await
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot flatten the image: {e}")))?;
+    let _ = events.send(PullEvent::Stage { name: "building ext4".into() });
+    let rootfs = staging.path.join(images::ROOTFS);
+    let (t, r) = (tree.clone(), rootfs.clone());
+    let rootfs_bytes = blocking(move || flatten::build_ext4(&t, &stats, size, &r)).await.map_err(fail)?;
+    let t = tree.clone();
+    blocking(move || std::fs::remove_dir_all(&t).map_err(|e| e.to_string())).await.map_err(fail)?;
+    info.content_bytes = stats.content_bytes;
+    info.rootfs_bytes = rootfs_bytes;
+    let _held = ctx.locks.lock(format!("image:{}", info.name)).await;
+    let (store, i) = (ctx.images.clone(), info.clone());
+    blocking(move || store.install(staging, &i)).await.map_err(fail)?;
+    Ok(info)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("worker failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_come_from_repository_and_tag() {
+        let name = |r: &str| default_name(&r.parse().unwrap());
+        assert_eq!(name("alpine"), "alpine");
+        assert_eq!(name("alpine:3.19"), "alpine-3.19");
+        assert_eq!(name("127.0.0.1:5000/team/app:V1"), "app-v1");
+        let digest = format!("busybox@sha256:{}", "ab".repeat(32));
+        assert_eq!(name(&digest), "busybox-abababababab");
+    }
+}
