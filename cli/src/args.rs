@@ -48,6 +48,9 @@ pub enum Command {
     /// Start, stop, inspect or install the daemon.
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Pull, list, inspect and remove images; prune the blob cache.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print a shell completion script, e.g. `banger completion bash > /etc/bash_completion.d/banger`.
     Completion { shell: clap_complete::Shell },
 }
@@ -130,8 +133,75 @@ mod tests {
     }
 
     #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry and flatten it into a root filesystem.
+    Pull {
+        /// e.g. alpine:3.19 or 127.0.0.1:5000/team/app@sha256:…
+        reference: String,
+        /// The local name (default: from the reference, e.g. alpine-3.19).
+        #[arg(long)]
+        name: Option<String>,
+        /// The root filesystem's size, e.g. 2G (default: the content plus headroom).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls,
+    /// Show an image's metadata as JSON.
+    Inspect { name: String },
+    /// Remove an image.
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+        /// Remove it even while VMs use it.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Manage the blob cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Delete every cached blob (images stay usable; a re-pull fetches them again).
+    Prune {
+        /// Only say what would be freed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `512M`, `8G`, `1T` (binary units) or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size: use e.g. 512M, 8G or a number of bytes");
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim_end_matches(['i', 'B', 'b']).to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }

@@ -2,9 +2,11 @@
 //! [`protocol::Error`] printed as a message and a hint, with an exit code chosen by its kind.
 
 mod args;
+mod auth;
 mod client;
 mod commands;
 mod output;
+mod progress;
 mod systemd;
 
 use std::process::ExitCode;
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Version => commands::version::run(&cli.global, &out).await,
             Command::Daemon(cmd) => commands::daemon::run(&cli.global, cmd, &out).await,
+            Command::Image(cmd) => commands::image::run(&cli.global, cmd, &out).await,
             Command::Completion { shell } => commands::completion::run(shell),
         }
     });

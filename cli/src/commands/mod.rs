@@ -2,4 +2,5 @@
 
 pub mod completion;
 pub mod daemon;
+pub mod image;
 pub mod version;
