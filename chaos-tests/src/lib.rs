@@ -17,6 +17,9 @@ use protocol::daemon::{Request, Response, StatusReport};
 
 pub use protocol;
 
+pub mod oci;
+pub mod registry;
+
 /// Where bangerd, banger-helper and banger are.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BANGER_BIN_DIR") {
