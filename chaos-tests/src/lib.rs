@@ -19,6 +19,7 @@ pub use protocol;
 
 pub mod oci;
 pub mod registry;
+pub mod tree;
 
 /// Where bangerd, banger-helper and banger are.
 pub fn bin_dir() -> PathBuf {

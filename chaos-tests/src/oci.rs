@@ -43,9 +43,10 @@ impl<'a> Entry<'a> {
 }
 
 impl LayerTar {
-    pub fn add(mut self, e: Entry) -> Self {
+    pub fn entry(mut self, e: Entry) -> Self {
         if !e.xattrs.is_empty() {
-            let records: Vec<(String, &[u8])> = e.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
+            let records: Vec<(String, &[u8])> =
+                e.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
             self.0.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).expect("pax");
         }
         let mut h = tar::Header::new_ustar();
@@ -71,16 +72,16 @@ impl LayerTar {
         self
     }
     pub fn dir(self, name: &str) -> Self {
-        self.add(Entry { mode: 0o755, ..Entry::new(name, tar::EntryType::Directory) })
+        self.entry(Entry { mode: 0o755, ..Entry::new(name, tar::EntryType::Directory) })
     }
     pub fn file(self, name: &str, data: &[u8]) -> Self {
-        self.add(Entry { data, ..Entry::new(name, tar::EntryType::Regular) })
+        self.entry(Entry { data, ..Entry::new(name, tar::EntryType::Regular) })
     }
     pub fn symlink(self, name: &str, target: &str) -> Self {
-        self.add(Entry { mode: 0o777, link: Some(target), ..Entry::new(name, tar::EntryType::Symlink) })
+        self.entry(Entry { mode: 0o777, link: Some(target), ..Entry::new(name, tar::EntryType::Symlink) })
     }
     pub fn hardlink(self, name: &str, target: &str) -> Self {
-        self.add(Entry { link: Some(target), ..Entry::new(name, tar::EntryType::Link) })
+        self.entry(Entry { link: Some(target), ..Entry::new(name, tar::EntryType::Link) })
     }
     pub fn bytes(self) -> Vec<u8> {
         self.0.into_inner().expect("finish tar")
@@ -121,7 +122,13 @@ pub struct Image {
     pub blobs: Vec<(String, Vec<u8>)>,
 }
 
-pub fn image(layers: &[Vec<u8>], compression: Compression, format: Format, arch: &str, cmd: &[&str]) -> Image {
+pub fn image(
+    layers: &[Vec<u8>],
+    compression: Compression,
+    format: Format,
+    arch: &str,
+    cmd: &[&str],
+) -> Image {
     let layer_type = match (format, compression) {
         (Format::Oci, Compression::None) => "application/vnd.oci.image.layer.v1.tar",
         (Format::Oci, Compression::Gzip) => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -130,7 +137,9 @@ pub fn image(layers: &[Vec<u8>], compression: Compression, format: Format, arch:
         (Format::Docker, _) => "application/vnd.docker.image.rootfs.diff.tar",
     };
     let (manifest_type, config_type) = match format {
-        Format::Oci => ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.config.v1+json"),
+        Format::Oci => {
+            ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.config.v1+json")
+        }
         Format::Docker => (
             "application/vnd.docker.distribution.manifest.v2+json",
             "application/vnd.docker.container.image.v1+json",
