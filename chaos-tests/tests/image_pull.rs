@@ -183,3 +183,66 @@ async fn flattening_matches_umoci_for_every_format() {
         pull_and_compare(&reg, &d, &reference, compression, format, tag).await;
     }
 }
+
+#[tokio::test]
+async fn a_cached_pull_fetches_no_blobs() {
+    let Some(reg) = registry_or_skip() else { return };
+    let layers = vec![
+        LayerTar::default().file("a", &[7; 100_000]).bytes(),
+        LayerTar::default().file("b", b"b").bytes(),
+    ];
+    let image = oci::image(&layers, Compression::Gzip, Format::Oci, "amd64", &["/bin/sh"]);
+    oci::push(&reg.addr, "test/cached", Some("v1"), &image).await;
+    let d = TestDaemon::start().await;
+    let reference = format!("{}/test/cached:v1", reg.addr);
+    let before = reg.blob_gets();
+    assert!(d.cli(&["image", "pull", &reference]).status.success());
+    let first = reg.blob_gets() - before;
+    assert_eq!(first, 3, "config and two layers fetched once each");
+    let out = d.cli(&["image", "pull", &reference, "--name", "again"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(reg.blob_gets() - before, first, "the second pull made no blob requests");
+    assert!(stderr(&out).contains("2 cached"), "progress says the layers were cached: {}", stderr(&out));
+}
+
+#[tokio::test]
+async fn a_multi_arch_index_resolves_to_this_host() {
+    let Some(reg) = registry_or_skip() else { return };
+    let (arch, other) = if cfg!(target_arch = "x86_64") { ("amd64", "arm64") } else { ("arm64", "amd64") };
+    let mine = oci::image(
+        &[LayerTar::default().file("arch", arch.as_bytes()).bytes()],
+        Compression::Gzip,
+        Format::Oci,
+        arch,
+        &["/bin/sh"],
+    );
+    let theirs = oci::image(
+        &[LayerTar::default().file("arch", other.as_bytes()).bytes()],
+        Compression::Gzip,
+        Format::Oci,
+        other,
+        &["/bin/sh"],
+    );
+    oci::push_index(&reg.addr, "test/multi", "v1", &[(other, &theirs), (arch, &mine)]).await;
+    oci::push_index(&reg.addr, "test/foreign", "v1", &[(other, &theirs)]).await;
+    let d = TestDaemon::start().await;
+
+    let out = d.cli(&["image", "pull", &format!("{}/test/multi:v1", reg.addr), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let manifest = &last["image"]["source"]["Pulled"]["manifest_digest"];
+    assert_eq!(manifest.as_str().unwrap(), oci::sha256(&mine.manifest), "the {arch} manifest was chosen");
+    assert!(
+        stdout(&out).lines().next().unwrap().starts_with("{\"event\":"),
+        "--json streams events as JSON lines"
+    );
+
+    let out = d.cli(&["image", "pull", &format!("{}/test/foreign:v1", reg.addr)]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(
+        stderr(&out).contains(&format!("has no image for linux/{arch}; it offers linux/{other}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&d.cli(&["image", "ls"])).contains("foreign"), "no image is listed after a failed pull");
+}

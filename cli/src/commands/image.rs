@@ -44,7 +44,8 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
             };
             progress.finish();
             if out.json {
-                out.json(&json!({ "image": info }));
+                // One line, like the events before it: the output is JSON lines.
+                println!("{}", json!({ "image": info }));
             } else {
                 println!(
                     "pulled {} ({} rootfs, {} of files) from {}",
