@@ -18,6 +18,7 @@ use protocol::daemon::{Request, Response, StatusReport};
 pub use protocol;
 
 pub mod oci;
+pub mod proxy;
 pub mod registry;
 pub mod tree;
 
@@ -103,6 +104,7 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
+    opts: DaemonOpts,
     child: Child,
 }
 
@@ -115,16 +117,34 @@ impl TestDaemon {
         let dir = tempfile::Builder::new().prefix("banger-test-").tempdir().expect("temp dir");
         // Other test users must be able to reach the socket path (its own mode still applies).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self::start_in(dir, opts).await
+    }
+
+    /// Starts a daemon on an existing state dir (a tmpfs, say).
+    pub async fn start_in(dir: tempfile::TempDir, opts: DaemonOpts) -> Self {
         let socket = dir.path().join("run/bangerd.sock");
         let log = dir.path().join("bangerd.log");
         let child = Self::spawn(dir.path(), &socket, &log, &opts);
-        let d = TestDaemon { dir, socket, log, child };
+        let d = TestDaemon { dir, socket, log, opts, child };
         d.wait_ready().await;
         d
     }
 
+    /// SIGKILLs the daemon: no shutdown, no cleanup.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh daemon on the same state dir (after `kill9`, say).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.child = Self::spawn(self.dir.path(), &self.socket, &self.log, &self.opts);
+        self.wait_ready().await;
+    }
+
     fn spawn(dir: &Path, socket: &Path, log: &Path, opts: &DaemonOpts) -> Child {
-        let file = std::fs::File::create(log).expect("log file");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let mut cmd = Command::new(bin("bangerd"));
         cmd.arg("--state-dir").arg(dir).arg("--socket").arg(socket).args(["--log-format", "json"]);
         match &opts.helper_socket {
@@ -280,4 +300,30 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Hashes every blob in a daemon's cache: each must match its name; no partial may remain.
+pub fn verify_blob_cache(state_dir: &Path) -> usize {
+    let (verified, partial) = verify_blob_cache_keeping_partials(state_dir);
+    assert_eq!(partial, 0, "a partial blob was left in the cache");
+    verified
+}
+
+/// Like [`verify_blob_cache`], but counts partial downloads (kept to be resumed) instead.
+pub fn verify_blob_cache_keeping_partials(state_dir: &Path) -> (usize, usize) {
+    let dir = state_dir.join("cache/oci/blobs/sha256");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return (0, 0) };
+    let (mut n, mut partial) = (0, 0);
+    for e in entries {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".partial") {
+            partial += 1;
+            continue;
+        }
+        let digest = oci::sha256(&std::fs::read(e.path()).expect("read blob"));
+        assert_eq!(digest, format!("sha256:{name}"), "blob {name} does not match its digest");
+        n += 1;
+    }
+    (n, partial)
 }
