@@ -88,7 +88,7 @@ async fn relay(
         behaviour.cuts_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let limit = if cut { behaviour.cut_after.load(Ordering::SeqCst) } else { u64::MAX };
     let replies = async move {
-        let mut buf = vec![0u8; 16 << 10];
+        let mut buf = vec![0u8; 1 << 20];
         let mut sent = 0u64;
         loop {
             let rate = behaviour.rate.load(Ordering::SeqCst);
