@@ -177,10 +177,25 @@ fn client() -> Client {
 
 /// Pushes `image` as `registry/repo:tag` (or only by digest when `tag` is None).
 pub async fn push(registry: &str, repo: &str, tag: Option<&str>, image: &Image) -> String {
+    push_as(registry, repo, tag, image, RegistryAuth::Anonymous).await
+}
+
+/// Pushes with a user and password (a registry that requires them).
+pub async fn push_with_auth(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    image: &Image,
+    (user, password): (&str, &str),
+) {
+    push_as(registry, repo, Some(tag), image, RegistryAuth::Basic(user.into(), password.into())).await;
+}
+
+async fn push_as(registry: &str, repo: &str, tag: Option<&str>, image: &Image, auth: RegistryAuth) -> String {
     let c = client();
     let digest = sha256(&image.manifest);
     let by_digest: Reference = format!("{registry}/{repo}@{digest}").parse().expect("reference");
-    c.store_auth_if_needed(registry, &RegistryAuth::Anonymous).await;
+    c.store_auth_if_needed(registry, &auth).await;
     for (d, bytes) in &image.blobs {
         c.push_blob(&by_digest, bytes.clone(), d).await.expect("push blob");
     }

@@ -20,15 +20,33 @@ pub fn available() -> bool {
 
 impl TestRegistry {
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// A registry that requires HTTP basic auth (htpasswd, bcrypt) for everything.
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        Self::start_inner(Some((user, password)))
+    }
+
+    fn start_inner(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.yml");
         let storage = dir.path().join("storage");
+        let auth = match auth {
+            None => String::new(),
+            Some((user, password)) => {
+                let htpasswd = dir.path().join("htpasswd");
+                let hash = bcrypt::hash(password, 4).expect("bcrypt");
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
+                format!("auth:\n  htpasswd:\n    realm: banger-test\n    path: {}\n", htpasswd.display())
+            }
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:0\n",
+                 http:\n  addr: 127.0.0.1:0\n{auth}",
                 storage.display()
             ),
         )

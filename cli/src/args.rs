@@ -162,6 +162,15 @@ pub enum ImageCommand {
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
     },
+    /// Make an image from a flat root filesystem tar (plain, gzip or zstd); `-` reads stdin.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// The root filesystem's size, e.g. 2G (default: the content plus headroom).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
     /// List images.
     #[command(alias = "list")]
     Ls,

@@ -3,6 +3,8 @@
 //! context, so the session ends when the actor stops and the actor stops when the session ends.
 //! Tells its ApiServer when it closes.
 
+use std::os::fd::OwnedFd;
+
 use actix::prelude::*;
 use protocol::channel::{Channel, WireError, server_handshake};
 use protocol::daemon::{ChaosAction, Request, Response, VersionInfo};
@@ -13,7 +15,7 @@ use tokio_seqpacket::UnixSeqpacket;
 
 use crate::api_server::ConnectionClosed;
 use crate::config::Config;
-use crate::image_cache::{self, InspectImage, ListImages, Prune, RemoveImage, StartPull};
+use crate::image_cache::{self, InspectImage, ListImages, Prune, RemoveImage, StartImport, StartPull};
 use crate::supervisor::{Chaos, GetImages, GetStatus, Shutdown, Supervisor};
 
 /// What a connection needs to answer requests.
@@ -79,14 +81,22 @@ async fn serve(mut chan: Channel, verdict: Result<(), Error>, deps: Deps, log: L
                 return;
             }
         };
-        if let Err(e) = route(&chan, request, version, &deps).await {
+        // A descriptor only ever accompanies an import; any other is closed here.
+        let fd = chan.take_fd();
+        if let Err(e) = route(&chan, request, fd, version, &deps).await {
             debug!(log, "reply failed"; "error" => %e);
             return;
         }
     }
 }
 
-async fn route(chan: &Channel, request: Request, version: u32, deps: &Deps) -> Result<(), WireError> {
+async fn route(
+    chan: &Channel,
+    request: Request,
+    fd: Option<OwnedFd>,
+    version: u32,
+    deps: &Deps,
+) -> Result<(), WireError> {
     let reply = match request {
         Request::Ping => Response::Pong,
         Request::Version => Response::Version(version_info(version)),
@@ -111,7 +121,7 @@ async fn route(chan: &Channel, request: Request, version: u32, deps: &Deps) -> R
         | Request::ImageInspect { .. }
         | Request::ImageRemove { .. }
         | Request::ImageImport { .. }
-        | Request::CachePrune { .. } => return image_request(chan, request, deps).await,
+        | Request::CachePrune { .. } => return image_request(chan, request, fd, deps).await,
         Request::Chaos(_) => Response::Error(
             Error::new(ErrorKind::InvalidInput, "this bangerd was built without fault injection")
                 .with_hint("build it with `--features chaos` to run chaos-tests"),
@@ -156,24 +166,33 @@ async fn chaos(chan: &Channel, action: ChaosAction, deps: &Deps) -> Result<(), W
 }
 
 /// Routes an image request to the ImageCache and streams its answer back.
-async fn image_request(chan: &Channel, request: Request, deps: &Deps) -> Result<(), WireError> {
+async fn image_request(
+    chan: &Channel,
+    request: Request,
+    fd: Option<OwnedFd>,
+    deps: &Deps,
+) -> Result<(), WireError> {
     let Ok(Some(images)) = deps.supervisor.send(GetImages).await else {
         return chan.send(&Response::Error(image_cache::unavailable()), false).await;
     };
     let gone = |e: actix::MailboxError| Error::internal(format!("the image cache did not answer: {e}"));
     let reply = match request {
-        Request::ImagePull(pull) => {
-            let mut handle = match images.send(StartPull(pull)).await {
-                Ok(h) => h,
-                Err(e) => return chan.send(&Response::Error(gone(e)), false).await,
+        Request::ImagePull(pull) => match images.send(StartPull(pull)).await {
+            Ok(handle) => return stream_image(chan, handle).await,
+            Err(e) => Response::Error(gone(e)),
+        },
+        Request::ImageImport { name, size, file } => {
+            let Some(fd) = fd else {
+                let e = Error::new(
+                    ErrorKind::InvalidInput,
+                    "an import needs the tar passed as a file descriptor",
+                )
+                .with_hint("use `banger image import FILE --name NAME`");
+                return chan.send(&Response::Error(e), false).await;
             };
-            while let Some(event) = handle.events.recv().await {
-                chan.send(&Response::PullProgress(event), true).await?;
-            }
-            match handle.result.await {
-                Ok(Ok(info)) => Response::Image(info),
-                Ok(Err(e)) => Response::Error(e),
-                Err(_) => Response::Error(image_cache::unavailable()),
+            match images.send(StartImport { name, size, file, input: std::fs::File::from(fd) }).await {
+                Ok(handle) => return stream_image(chan, handle).await,
+                Err(e) => Response::Error(gone(e)),
             }
         }
         Request::ImageList => match images.send(ListImages).await.map_err(gone).and_then(|r| r) {
@@ -201,7 +220,20 @@ async fn image_request(chan: &Channel, request: Request, deps: &Deps) -> Result<
             },
             Err(e) => Response::Error(gone(e)),
         },
-        _ => Response::Error(Error::new(ErrorKind::InvalidInput, "image import is not available yet")),
+        _ => Response::Error(Error::internal("not an image request")),
+    };
+    chan.send(&reply, false).await
+}
+
+/// Streams a pull's or an import's progress, then its result.
+async fn stream_image(chan: &Channel, mut handle: image_cache::PullHandle) -> Result<(), WireError> {
+    while let Some(event) = handle.events.recv().await {
+        chan.send(&Response::PullProgress(event), true).await?;
+    }
+    let reply = match handle.result.await {
+        Ok(Ok(info)) => Response::Image(info),
+        Ok(Err(e)) => Response::Error(e),
+        Err(_) => Response::Error(image_cache::unavailable()),
     };
     chan.send(&reply, false).await
 }

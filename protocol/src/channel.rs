@@ -1,12 +1,14 @@
 //! The async seqpacket transport: a [`Channel`] moves whole messages, [`Client`] adds the
 //! client side of the handshake and request/reply, [`server_handshake`] the server side.
 
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::marker::PhantomData;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
+use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 use tokio_seqpacket::{UCred, UnixSeqpacket};
 
 use crate::codec::{self, CodecError};
@@ -42,16 +44,51 @@ impl WireError {
     }
 }
 
-/// A connected socket that sends and receives whole messages.
+/// A connected socket that sends and receives whole messages, and file descriptors with them.
 pub struct Channel {
     sock: UnixSeqpacket,
     rx: Box<[u8]>,
     reassembler: Reassembler,
+    /// A descriptor that came with the last message (SCM_RIGHTS); at most one is kept.
+    fd: Option<OwnedFd>,
 }
+
+/// Room for one passed descriptor's control message.
+const ANCILLARY: usize = 64;
 
 impl Channel {
     pub fn new(sock: UnixSeqpacket) -> Self {
-        Channel { sock, rx: vec![0; MAX_DATAGRAM].into_boxed_slice(), reassembler: Reassembler::default() }
+        Channel {
+            sock,
+            rx: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            reassembler: Reassembler::default(),
+            fd: None,
+        }
+    }
+
+    /// The descriptor that came with the last message received, if any.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+
+    /// Sends one message with `fd` attached to its first datagram.
+    pub async fn send_with_fd<T: Serialize>(&self, message: &T, fd: BorrowedFd<'_>) -> Result<(), WireError> {
+        let bytes = codec::encode(message)?;
+        let fds = [fd];
+        for (i, (flags, body)) in frame::split(&bytes, false)?.into_iter().enumerate() {
+            let flags = [flags];
+            let mut space = [0u8; ANCILLARY];
+            let mut ancillary = AncillaryMessageWriter::new(&mut space);
+            if i == 0 {
+                ancillary.add_fds(&fds).map_err(|_| std::io::Error::other("no room for the descriptor"))?;
+            }
+            let slices = [IoSlice::new(&flags), IoSlice::new(body)];
+            let sent = self.sock.send_vectored_with_ancillary(&slices, &mut ancillary).await?;
+            if sent != body.len() + 1 {
+                return Err(WireError::Io(std::io::Error::other("short seqpacket send")));
+            }
+        }
+        Ok(())
     }
 
     pub fn peer_cred(&self) -> std::io::Result<UCred> {
@@ -75,7 +112,22 @@ impl Channel {
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<(T, bool)>, WireError> {
         let mut reset_seen = false;
         loop {
-            let info = match self.sock.recv(&mut self.rx).await {
+            let mut space = [0u8; ANCILLARY];
+            let received = self
+                .sock
+                .recv_vectored_with_ancillary(&mut [IoSliceMut::new(&mut self.rx)], &mut space)
+                .await;
+            let info = match received.map(|(info, ancillary)| {
+                // Keep the first descriptor; closing any others is what dropping them does.
+                let fds = ancillary.into_messages().filter_map(|m| match m {
+                    OwnedAncillaryMessage::FileDescriptors(fds) => Some(fds),
+                    _ => None,
+                });
+                if let Some(fd) = fds.flatten().next() {
+                    self.fd = Some(fd);
+                }
+                info
+            }) {
                 // A peer that closes with our datagrams unread leaves a one-shot ECONNRESET that
                 // the kernel reports before the replies it sent us; read on to get them.
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !reset_seen => {
@@ -188,6 +240,15 @@ impl<S: Service> Client<S> {
 
     pub async fn send(&mut self, request: &S::Request) -> Result<(), ClientError> {
         Ok(self.chan.send(request, false).await?)
+    }
+
+    /// Sends a request with a file descriptor for the server to read (SCM_RIGHTS).
+    pub async fn send_with_fd(
+        &mut self,
+        request: &S::Request,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), ClientError> {
+        Ok(self.chan.send_with_fd(request, fd).await?)
     }
 
     /// The next reply of a stream, with whether more follow.

@@ -66,3 +66,23 @@ async fn handshake_agrees_and_refuses() {
     }
     assert_eq!(server.await.unwrap(), Err(denied));
 }
+
+#[tokio::test]
+async fn a_descriptor_travels_with_its_message() {
+    use std::io::{Read, Write};
+    let (a, mut b) = pair();
+    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(b"through the pipe").unwrap();
+    drop(writer);
+    let big =
+        Request::Chaos(banger_protocol::daemon::ChaosAction::Echo { payload: vec![9; 100_000], repeat: 1 });
+    a.send_with_fd(&big, std::os::fd::AsFd::as_fd(&reader)).await.unwrap();
+    let (got, _) = b.recv::<Request>().await.unwrap().unwrap();
+    assert_eq!(got, big, "a chunked message carries its descriptor on the first chunk");
+    let mut received = std::fs::File::from(b.take_fd().expect("the descriptor arrived"));
+    let mut text = String::new();
+    received.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "through the pipe");
+    assert!(b.take_fd().is_none(), "taken once");
+    let _ = reader.read(&mut [0u8; 1]);
+}

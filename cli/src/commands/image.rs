@@ -1,5 +1,7 @@
 //! `banger image pull|ls|inspect|rm|cache prune`.
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use protocol::daemon::{Request, Response};
 use protocol::image::{ImageInfo, ImageSource, PullRequest};
 use protocol::{Error, ErrorKind};
@@ -29,32 +31,26 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
             let auth = crate::auth::credentials_for(&registry)?;
             let request = Request::ImagePull(PullRequest { reference, name, size, auth });
             c.send(&request).await.map_err(|e| client::advise(&socket, e))?;
-            let mut progress = Progress::new(out.json);
-            let info = loop {
-                match c.next().await.map_err(|e| client::advise(&socket, e))? {
-                    Some((Response::PullProgress(event), true)) => progress.event(&event),
-                    Some((Response::Image(info), false)) => break info,
-                    Some((Response::Error(e), _)) => {
-                        progress.finish();
-                        return Err(e);
-                    }
-                    Some((other, _)) => return Err(client::unexpected(&other)),
-                    None => return Err(client::advise(&socket, protocol::channel::ClientError::Closed)),
-                }
-            };
-            progress.finish();
-            if out.json {
-                // One line, like the events before it: the output is JSON lines.
-                println!("{}", json!({ "image": info }));
+            let info = follow(&mut c, &socket, out).await?;
+            report(&info, "pulled", out);
+        }
+        ImageCommand::Import { file, name, size } => {
+            let (input, shown): (OwnedFd, String) = if file.as_os_str() == "-" {
+                let stdin = std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                (stdin, "stdin".into())
             } else {
-                println!(
-                    "pulled {} ({} rootfs, {} of files) from {}",
-                    info.name,
-                    human_bytes(info.rootfs_bytes),
-                    human_bytes(info.content_bytes),
-                    origin(&info)
-                );
-            }
+                let f = std::fs::File::open(&file).map_err(|e| {
+                    Error::new(ErrorKind::NotFound, format!("cannot open {}: {e}", file.display()))
+                })?;
+                (f.into(), file.display().to_string())
+            };
+            let request = Request::ImageImport { name, size, file: shown };
+            c.send_with_fd(&request, input.as_fd()).await.map_err(|e| client::advise(&socket, e))?;
+            let info = follow(&mut c, &socket, out).await?;
+            report(&info, "imported", out);
         }
         ImageCommand::Ls => match client::call(&mut c, &socket, &Request::ImageList).await? {
             Response::Images(list) if out.json => out.json(&list),
@@ -87,6 +83,37 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Shows a pull's or an import's progress and returns the image it made.
+async fn follow(
+    c: &mut client::DaemonClient,
+    socket: &std::path::Path,
+    out: &Output,
+) -> Result<ImageInfo, Error> {
+    let mut progress = Progress::new(out.json);
+    let result = loop {
+        match c.next().await.map_err(|e| client::advise(socket, e)) {
+            Ok(Some((Response::PullProgress(event), true))) => progress.event(&event),
+            Ok(Some((Response::Image(info), false))) => break Ok(info),
+            Ok(Some((Response::Error(e), _))) => break Err(e),
+            Ok(Some((other, _))) => break Err(client::unexpected(&other)),
+            Ok(None) => break Err(client::advise(socket, protocol::channel::ClientError::Closed)),
+            Err(e) => break Err(e),
+        }
+    };
+    progress.finish();
+    result
+}
+
+fn report(info: &ImageInfo, verb: &str, out: &Output) {
+    if out.json {
+        // One line, like the events before it: the output is JSON lines.
+        println!("{}", json!({ "image": info }));
+    } else {
+        let (rootfs, files) = (human_bytes(info.rootfs_bytes), human_bytes(info.content_bytes));
+        println!("{verb} {} ({rootfs} rootfs, {files} of files) from {}", info.name, origin(info));
+    }
 }
 
 fn origin(info: &ImageInfo) -> String {

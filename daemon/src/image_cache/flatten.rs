@@ -4,7 +4,7 @@
 //! Runs on a blocking thread: it is all disk and CPU.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,28 +48,26 @@ pub fn compression(media_type: &str, head: &[u8]) -> Result<Compression, String>
 
 /// Opens a layer blob as an uncompressed tar stream.
 pub fn open_layer(path: &Path, media_type: &str) -> Result<Box<dyn Read>, String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut head = [0u8; 4];
-    let n = read_head(&mut file, &mut head).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file = BufReader::with_capacity(1 << 17, File::open(path).map_err(|e| e.to_string())?);
-    Ok(match compression(media_type, &head[..n])? {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(|e| e.to_string())?)
-        }
-    })
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    decompressed(BufReader::with_capacity(1 << 17, file), Some(media_type))
 }
 
-fn read_head(file: &mut File, head: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < head.len() {
-        match file.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
+/// Wraps `input` in the decompressor it needs: the one `media_type` names (checked against the
+/// magic bytes), or, without a media type, the one the magic bytes show.
+pub fn decompressed(
+    mut input: impl BufRead + 'static,
+    media_type: Option<&str>,
+) -> Result<Box<dyn Read>, String> {
+    let head = input.fill_buf().map_err(|e| format!("cannot read the layer: {e}"))?;
+    let head = &head[..head.len().min(4)];
+    let kind = compression(media_type.unwrap_or("application/vnd.oci.image.layer.v1.tar"), head)?;
+    Ok(match kind {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(input).map_err(|e| e.to_string())?)
         }
-    }
-    Ok(n)
+    })
 }
 
 /// One layer to apply: its blob on disk and its media type.
@@ -87,6 +85,15 @@ pub fn apply_layers(staging: &Path, layers: &[Layer], limits: Limits) -> Result<
             open_layer(&layer.path, &layer.media_type).map_err(|e| format!("layer {}: {e}", i + 1))?;
         extractor.apply_layer(reader, i + 1).map_err(|e| e.to_string())?;
     }
+    extractor.finish().map_err(|e| e.to_string())
+}
+
+/// Applies one tar stream (gzip, zstd or plain, told apart by magic) to `staging`.
+pub fn apply_stream(staging: &Path, input: impl Read + 'static, limits: Limits) -> Result<Stats, String> {
+    let mut extractor =
+        Extractor::new(staging, limits).map_err(|e| format!("cannot open {}: {e}", staging.display()))?;
+    let reader = decompressed(BufReader::with_capacity(1 << 17, input), None)?;
+    extractor.apply_layer(reader, 1).map_err(|e| e.to_string())?;
     extractor.finish().map_err(|e| e.to_string())
 }
 

@@ -40,6 +40,16 @@ pub struct PullHandle {
 #[rtype(result = "PullHandle")]
 pub struct StartPull(pub PullRequest);
 
+/// Make an image from a flat rootfs tar read from `input` (a file or pipe the client passed).
+#[derive(Message)]
+#[rtype(result = "PullHandle")]
+pub struct StartImport {
+    pub name: String,
+    pub file: String,
+    pub size: Option<u64>,
+    pub input: std::fs::File,
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<Vec<ImageInfo>, Error>")]
 pub struct ListImages;
@@ -193,6 +203,25 @@ impl Handler<StartPull> for ImageCache {
         } else {
             self.start_pull(held, ctx);
         }
+        MessageResult(PullHandle { events: events_rx, result: result_rx })
+    }
+}
+
+impl Handler<StartImport> for ImageCache {
+    type Result = MessageResult<StartImport>;
+
+    /// Imports use no blobs, so they need not wait for prunes.
+    fn handle(&mut self, msg: StartImport, ctx: &mut Context<Self>) -> Self::Result {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (result, result_rx) = oneshot::channel();
+        info!(self.log, "import started"; "name" => &msg.name, "file" => &msg.file);
+        let work = pull::import(msg.name, msg.file, msg.size, msg.input, self.pulls.clone(), events);
+        ctx.spawn(work.into_actor(self).map(move |outcome, act, _| {
+            if let Err(e) = &outcome {
+                warn!(act.log, "import failed"; "error" => &e.message);
+            }
+            let _ = result.send(outcome);
+        }));
         MessageResult(PullHandle { events: events_rx, result: result_rx })
     }
 }

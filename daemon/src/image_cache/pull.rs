@@ -71,7 +71,8 @@ pub async fn pull(
 
     let registry = Registry::new(reference.clone(), req.auth.as_ref(), &ctx.insecure);
     let manifest = registry.manifest().await.map_err(|e| {
-        let hint = if e.contains("401") || e.contains("nauthorized") {
+        let lower = e.to_ascii_lowercase();
+        let hint = if ["401", "authoriz", "denied"].iter().any(|w| lower.contains(w)) {
             "log in first (docker login), or check the reference"
         } else {
             "check the reference and that the registry is reachable"
@@ -130,13 +131,42 @@ pub async fn pull(
         })
         .collect::<Result<_, _>>()
         .map_err(fail)?;
-    build(info, sources, req.size, &ctx, &events).await
+    let limits = ctx.limits;
+    build(info, move |tree| flatten::apply_layers(tree, &sources, limits), req.size, &ctx, &events).await
 }
 
-/// Flattens `layers` into a new image named `info.name` and installs it.
-pub async fn build(
+/// Makes an image from a flat rootfs tar (plain, gzip or zstd) read from `input`.
+pub async fn import(
+    name: String,
+    file: String,
+    size: Option<u64>,
+    input: std::fs::File,
+    ctx: PullCtx,
+    events: mpsc::UnboundedSender<PullEvent>,
+) -> Result<ImageInfo, Error> {
+    images::validate_name(&name)?;
+    let info = ImageInfo {
+        name,
+        source: ImageSource::Imported { file },
+        layers: vec![],
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![],
+        workdir: String::new(),
+        user: String::new(),
+        created: None,
+        added_at: now(),
+        content_bytes: 0,
+        rootfs_bytes: 0,
+    };
+    let limits = ctx.limits;
+    build(info, move |tree| flatten::apply_stream(tree, input, limits), size, &ctx, &events).await
+}
+
+/// Fills a staging tree with `fill`, builds ext4 from it, and installs the image `info.name`.
+async fn build(
     mut info: ImageInfo,
-    layers: Vec<Layer>,
+    fill: impl FnOnce(&std::path::Path) -> Result<super::extract::Stats, String> + Send + 'static,
     size: Option<u64>,
     ctx: &PullCtx,
     events: &mpsc::UnboundedSender<PullEvent>,
@@ -146,9 +176,8 @@ pub async fn build(
     let tree = staging.path.join("tree");
     std::fs::create_dir(&tree).map_err(|e| fail(format!("cannot create {}: {e}", tree.display())))?;
     let _ = events.send(PullEvent::Stage { name: "flattening".into() });
-    let limits = ctx.limits;
-    let (t, l) = (tree.clone(), layers);
-    let stats = blocking(move || flatten::apply_layers(&t, &l, limits))
+    let t = tree.clone();
+    let stats = blocking(move || fill(&t))
         .await
         .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot flatten the image: {e}")))?;
     let _ = events.send(PullEvent::Stage { name: "building ext4".into() });
