@@ -10,6 +10,7 @@ use banger_protocol::daemon::{
 };
 use banger_protocol::handshake::{Hello, MAGIC, ServerHello, ServiceKind};
 use banger_protocol::helper::{HelperRequest, HelperResponse};
+use banger_protocol::image::{Credentials, ImageInfo, ImageSource, LayerProgress, PruneReport, PullEvent, PullRequest};
 use banger_protocol::{Error, ErrorKind};
 
 fn hex(bytes: &[u8]) -> String {
@@ -67,6 +68,54 @@ fn encoded_samples_match_snapshot() {
         Request::Chaos(ChaosAction::Stop { actor: "api".into() }),
         Request::Chaos(ChaosAction::FailStarts { actor: "store".into(), times: 5 }),
         Request::Chaos(ChaosAction::Echo { payload: vec![1, 2, 3], repeat: 2 }),
+    ] {
+        out += &line(&r);
+    }
+    let credentials = Credentials { username: "u".into(), password: "p".into() };
+    for r in [
+        Request::ImagePull(PullRequest {
+            reference: "alpine:3.19".into(),
+            name: Some("alpine".into()),
+            size: Some(1 << 30),
+            auth: Some(credentials),
+        }),
+        Request::ImageList,
+        Request::ImageInspect { name: "alpine".into() },
+        Request::ImageRemove { name: "alpine".into(), force: true },
+        Request::ImageImport { name: "base".into(), size: None, file: "rootfs.tar".into() },
+        Request::CachePrune { dry_run: true },
+    ] {
+        out += &line(&r);
+    }
+    let layer = LayerProgress { digest: format!("sha256:{}", "ab".repeat(32)), size: 1234, cached: false };
+    let image = ImageInfo {
+        name: "alpine".into(),
+        source: ImageSource::Pulled {
+            reference: "docker.io/library/alpine:3.19".into(),
+            manifest_digest: format!("sha256:{}", "cd".repeat(32)),
+            config_digest: format!("sha256:{}", "ef".repeat(32)),
+        },
+        layers: vec![layer.clone()],
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        env: vec!["PATH=/bin".into()],
+        workdir: "/".into(),
+        user: "0".into(),
+        created: Some("2026-11-01T00:00:00Z".into()),
+        added_at: 1_800_000_000,
+        content_bytes: 7_000_000,
+        rootfs_bytes: 80 << 20,
+    };
+    for r in [
+        Response::PullProgress(PullEvent::Resolved { manifest_digest: "sha256:00".into(), layers: vec![layer] }),
+        Response::PullProgress(PullEvent::Progress { digest: "sha256:00".into(), done: 10, total: 20 }),
+        Response::PullProgress(PullEvent::Verified { digest: "sha256:00".into() }),
+        Response::PullProgress(PullEvent::Retrying { digest: "sha256:00".into(), attempt: 2, error: "cut".into() }),
+        Response::PullProgress(PullEvent::WaitingForPrune),
+        Response::PullProgress(PullEvent::Stage { name: "flattening".into() }),
+        Response::Images(vec![image.clone()]),
+        Response::Image(ImageInfo { source: ImageSource::Imported { file: "-".into() }, ..image }),
+        Response::Pruned(PruneReport { dry_run: false, freed_bytes: 1 << 30, blobs: 47, dir: "/c".into() }),
     ] {
         out += &line(&r);
     }

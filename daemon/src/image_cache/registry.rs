@@ -112,10 +112,15 @@ pub struct Registry {
     auth: RegistryAuth,
 }
 
+/// Plain HTTP for loopback registries and those configured with `--insecure-registry`.
+pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
+    is_loopback(registry) || insecure.iter().any(|r| r == registry)
+}
+
 impl Registry {
     pub fn new(reference: Reference, credentials: Option<&Credentials>, insecure: &[String]) -> Self {
         let registry = reference.resolve_registry().to_string();
-        let plain_http = is_loopback(&registry) || insecure.iter().any(|r| r == &registry);
+        let plain_http = plain_http(&registry, insecure);
         let config = ClientConfig {
             protocol: if plain_http {
                 ClientProtocol::HttpsExcept(vec![registry])
@@ -357,5 +362,14 @@ mod tests {
         for r in ["docker.io", "10.0.0.1:5000", "registry.local:5000", "[2001:db8::1]:5000"] {
             assert!(!is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn plain_http_only_where_allowed() {
+        let insecure = vec!["registry.local:5000".to_string()];
+        assert!(plain_http("127.0.0.1:5000", &[]));
+        assert!(plain_http("registry.local:5000", &insecure));
+        assert!(!plain_http("registry.local:5001", &insecure), "the port is part of the name");
+        assert!(!plain_http("docker.io", &insecure));
     }
 }
