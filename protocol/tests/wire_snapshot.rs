@@ -10,7 +10,9 @@ use banger_protocol::daemon::{
 };
 use banger_protocol::handshake::{Hello, MAGIC, ServerHello, ServiceKind};
 use banger_protocol::helper::{HelperRequest, HelperResponse};
-use banger_protocol::image::{Credentials, ImageInfo, ImageSource, LayerProgress, PruneReport, PullEvent, PullRequest};
+use banger_protocol::image::{
+    Credentials, ImageInfo, ImageSource, LayerProgress, PruneReport, PullEvent, PullRequest,
+};
 use banger_protocol::{Error, ErrorKind};
 
 fn hex(bytes: &[u8]) -> String {
@@ -107,10 +109,17 @@ fn encoded_samples_match_snapshot() {
         rootfs_bytes: 80 << 20,
     };
     for r in [
-        Response::PullProgress(PullEvent::Resolved { manifest_digest: "sha256:00".into(), layers: vec![layer] }),
+        Response::PullProgress(PullEvent::Resolved {
+            manifest_digest: "sha256:00".into(),
+            layers: vec![layer],
+        }),
         Response::PullProgress(PullEvent::Progress { digest: "sha256:00".into(), done: 10, total: 20 }),
         Response::PullProgress(PullEvent::Verified { digest: "sha256:00".into() }),
-        Response::PullProgress(PullEvent::Retrying { digest: "sha256:00".into(), attempt: 2, error: "cut".into() }),
+        Response::PullProgress(PullEvent::Retrying {
+            digest: "sha256:00".into(),
+            attempt: 2,
+            error: "cut".into(),
+        }),
         Response::PullProgress(PullEvent::WaitingForPrune),
         Response::PullProgress(PullEvent::Stage { name: "flattening".into() }),
         Response::Images(vec![image.clone()]),
