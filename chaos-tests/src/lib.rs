@@ -327,3 +327,15 @@ pub fn verify_blob_cache_keeping_partials(state_dir: &Path) -> (usize, usize) {
     }
     (n, partial)
 }
+
+/// The tiny test kernel (chaos-tests/testkernel), assembled at build time.
+pub const TEST_KERNEL: &str = env!("BANGER_TEST_KERNEL");
+
+/// Where Firecracker is, if this host has it and KVM (`scripts/dev setup` installs it).
+pub fn firecracker() -> Option<PathBuf> {
+    let bin = ["/usr/local/bin/firecracker", "/usr/bin/firecracker"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file())?;
+    Path::new("/dev/kvm").exists().then_some(bin)
+}
