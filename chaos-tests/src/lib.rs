@@ -244,10 +244,18 @@ pub struct TestHelper {
 
 impl TestHelper {
     pub async fn start(socket: &Path, owner: u32) -> Self {
+        let state = socket.parent().expect("socket dir").to_path_buf();
+        Self::start_in(socket, owner, &state).await
+    }
+
+    /// A helper whose state dir (where VM files may come from, and jails go) is `state_dir`.
+    pub async fn start_in(socket: &Path, owner: u32, state_dir: &Path) -> Self {
         let child = Command::new(bin("banger-helper"))
             .arg("--socket")
             .arg(socket)
             .args(["--owner-uid", &owner.to_string()])
+            .arg("--state-dir")
+            .arg(state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -64,7 +64,7 @@ pub fn helper_unit(helper: &Path, owner_uid: u32) -> String {
          \n\
          [Service]\n\
          Type=simple\n\
-         ExecStart={} --socket /run/banger/helper.sock --owner-uid {owner_uid}\n\
+         ExecStart={} --socket /run/banger/helper.sock --owner-uid {owner_uid} --state-dir /var/lib/banger\n\
          Restart=always\n\
          RestartSec=1s\n\
          RuntimeDirectory=banger\n\

@@ -4,8 +4,11 @@
 //! the environment, tight umask), validate every flag, then act. It serves one owner uid on its
 //! own seqpacket socket; every other peer is refused after the handshake says why.
 
+mod jail;
+mod net;
 mod sanitize;
 mod server;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +28,13 @@ struct Args {
     /// Write the helper's pid here (for `banger daemon stop` without systemd).
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// banger's state directory: the only place VM files may come from, and where jails go.
+    #[arg(long, default_value = "/var/lib/banger")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "/usr/local/bin/firecracker")]
+    firecracker: PathBuf,
+    #[arg(long, default_value = "/usr/local/bin/jailer")]
+    jailer: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -40,13 +50,22 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    if let Err(e) = sanitize::absolute(&args.socket).and_then(|()| match &args.pid_file {
-        Some(p) => sanitize::absolute(p),
-        None => Ok(()),
-    }) {
+    let paths = [
+        Some(&args.socket),
+        args.pid_file.as_ref(),
+        Some(&args.state_dir),
+        Some(&args.firecracker),
+        Some(&args.jailer),
+    ];
+    if let Err(e) = paths.into_iter().flatten().try_for_each(|p| validate::absolute(p)) {
         eprintln!("banger-helper: {e}");
         return ExitCode::from(2);
     }
+    let owner = Uid::from_raw(args.owner_uid);
+    let owner_gid = match nix::unistd::User::from_uid(owner) {
+        Ok(Some(u)) => u.gid,
+        _ => nix::unistd::Gid::from_raw(args.owner_uid),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -54,8 +73,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config =
-        server::Config { socket: args.socket, owner: Uid::from_raw(args.owner_uid), pid_file: args.pid_file };
+    let jails = jail::Jails {
+        state_dir: args.state_dir,
+        firecracker: args.firecracker,
+        jailer: args.jailer,
+        uid: owner,
+        gid: owner_gid,
+    };
+    let config = server::Config { socket: args.socket, owner, pid_file: args.pid_file, jails };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,8 +1,6 @@
 //! Process hygiene before the helper does anything: nothing inherited may leak into what it
 //! later launches as root.
 
-use std::path::Path;
-
 use nix::sys::stat::{Mode, umask};
 
 /// Closes every inherited fd above stderr, clears the environment, and sets umask 077.
@@ -23,28 +21,4 @@ pub fn process() -> Result<(), String> {
     }
     umask(Mode::from_bits_truncate(0o077));
     Ok(())
-}
-
-/// Paths given to a root process must be absolute and free of `..`.
-pub fn absolute(path: &Path) -> Result<(), String> {
-    let shown = path.display();
-    if !path.is_absolute() {
-        return Err(format!("{shown} must be an absolute path"));
-    }
-    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("{shown} must not contain `..`"));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_and_dotdot_paths_are_refused() {
-        assert!(absolute(Path::new("run/helper.sock")).is_err());
-        assert!(absolute(Path::new("/run/banger/../../etc/x")).is_err());
-        assert!(absolute(Path::new("/run/banger/helper.sock")).is_ok());
-    }
 }

@@ -1,6 +1,8 @@
 //! The helper's socket: one task per connection, the owner uid only, one request at a time.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::unistd::{Uid, User};
 use protocol::channel::{Channel, SocketAccess, bind_listener, server_handshake};
@@ -11,10 +13,14 @@ use protocol::{Error, ErrorKind};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
+use crate::jail::Jails;
+use crate::{net, validate};
+
 pub struct Config {
     pub socket: PathBuf,
     pub owner: Uid,
     pub pid_file: Option<PathBuf>,
+    pub jails: Jails,
 }
 
 pub async fn run(config: Config) -> Result<(), String> {
@@ -29,10 +35,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     log(&format!("listening on {} for uid {}", config.socket.display(), config.owner));
+    let jails = Arc::new(config.jails);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(sock) => { tokio::spawn(serve(sock, config.owner)); }
+                Ok(sock) => { tokio::spawn(serve(sock, config.owner, jails.clone())); }
                 Err(e) => log(&format!("accept failed: {e}")),
             },
             _ = term.recv() => break,
@@ -70,7 +77,7 @@ fn admit(owner: Uid, sock: &UnixSeqpacket) -> Result<(), Error> {
     .with_hint("only bangerd talks to the helper; use the `banger` command instead"))
 }
 
-async fn serve(sock: UnixSeqpacket, owner: Uid) {
+async fn serve(sock: UnixSeqpacket, owner: Uid, jails: Arc<Jails>) {
     let verdict = admit(owner, &sock);
     let mut chan = Channel::new(sock);
     let ours = Hello::new(ServiceKind::Helper, "banger-helper");
@@ -90,6 +97,7 @@ async fn serve(sock: UnixSeqpacket, owner: Uid) {
                 return;
             }
         };
+        let console = chan.take_fd();
         let reply = match request {
             HelperRequest::Ping => HelperResponse::Pong,
             HelperRequest::Version => HelperResponse::Version(VersionInfo {
@@ -97,9 +105,59 @@ async fn serve(sock: UnixSeqpacket, owner: Uid) {
                 protocol,
                 chaos: false,
             }),
+            privileged => {
+                let summary = format!("{privileged:?}");
+                let jails = jails.clone();
+                // Commands and file work block; keep them off the runtime's thread.
+                let outcome = tokio::task::spawn_blocking(move || act(privileged, console, owner, &jails))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::internal(format!("the operation failed: {e}"))));
+                match outcome {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        log(&format!("refused or failed: {summary}: {}", e.message));
+                        HelperResponse::Error(e)
+                    }
+                }
+            }
         };
         if chan.send(&reply, false).await.is_err() {
             return;
         }
+    }
+}
+
+/// Validates and carries out one privileged request.
+fn act(
+    request: HelperRequest,
+    console: Option<OwnedFd>,
+    owner: Uid,
+    jails: &Jails,
+) -> Result<HelperResponse, Error> {
+    match request {
+        HelperRequest::Ping | HelperRequest::Version => Err(Error::internal("not a privileged request")),
+        HelperRequest::EnsureNetwork(spec) => {
+            validate::bridge_name(&spec.bridge)?;
+            let (addr, prefix) = validate::host_cidr(&spec.host_cidr)?;
+            net::ensure(&spec.bridge, addr, prefix).map(|()| HelperResponse::Ok)
+        }
+        HelperRequest::RemoveNetwork(spec) => {
+            validate::bridge_name(&spec.bridge)?;
+            net::remove(&spec.bridge).map(|()| HelperResponse::Ok)
+        }
+        HelperRequest::CreateTap { vm, bridge } => {
+            validate::vm_name(&vm)?;
+            validate::bridge_name(&bridge)?;
+            net::create_tap(&vm, &bridge, owner.as_raw()).map(|name| HelperResponse::Tap { name })
+        }
+        HelperRequest::DeleteTap { vm } => {
+            validate::vm_name(&vm)?;
+            net::delete_tap(&vm).map(|()| HelperResponse::Ok)
+        }
+        HelperRequest::LaunchVm(spec) => jails
+            .launch(&spec, console)
+            .map(|(pid, root)| HelperResponse::Launched { pid, jail_root: root.display().to_string() }),
+        HelperRequest::KillVm { vm, pid } => jails.kill(&vm, pid).map(|()| HelperResponse::Ok),
+        HelperRequest::CleanJail { vm } => jails.clean(&vm).map(|()| HelperResponse::Ok),
     }
 }

@@ -13,6 +13,43 @@ pub enum HelperRequest {
     Ping,
     /// The helper's software and protocol version.
     Version,
+    /// Create, idempotently, the bridge with the host's address in the VM subnet, banger's own
+    /// nftables table (masquerade and forward rules for the subnet), and IP forwarding.
+    /// Answered with [`HelperResponse::Ok`]. Since protocol 2.
+    EnsureNetwork(NetworkSpec),
+    /// Remove what `EnsureNetwork` created. Answered with `Ok`. Since protocol 2.
+    RemoveNetwork(NetworkSpec),
+    /// Create the VM's tap device, owned by the daemon's uid, attached to `bridge`, up.
+    /// Answered with [`HelperResponse::Tap`]. Since protocol 2.
+    CreateTap { vm: String, bridge: String },
+    /// Delete the VM's tap device; absent is fine. Answered with `Ok`. Since protocol 2.
+    DeleteTap { vm: String },
+    /// Launch Firecracker for the VM through the jailer (chroot, uid/gid drop, cgroups, new
+    /// PID namespace), with the kernel and disk linked into the jail. The request carries the
+    /// write end of the console pipe as a passed descriptor (its stdout and stderr).
+    /// Answered with [`HelperResponse::Launched`]. Since protocol 2.
+    LaunchVm(LaunchSpec),
+    /// SIGKILL the VM's Firecracker, if `pid` is still it. Answered with `Ok`. Since protocol 2.
+    KillVm { vm: String, pid: u32 },
+    /// Remove the VM's jail directory and cgroups. Answered with `Ok`. Since protocol 2.
+    CleanJail { vm: String },
+}
+
+/// The VM network: a bridge and the host's address on it, e.g. `banger0`, `172.30.0.1/24`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub bridge: String,
+    pub host_cidr: String,
+}
+
+/// What to launch. Paths must lie in banger's state directory; the helper checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub vm: String,
+    pub kernel: String,
+    pub disk: Option<String>,
+    pub cpus: u32,
+    pub memory_mib: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,4 +57,14 @@ pub enum HelperResponse {
     Pong,
     Version(VersionInfo),
     Error(Error),
+    Ok,
+    Tap {
+        name: String,
+    },
+    /// Firecracker runs as `pid`; its API socket is `jail_root/api.sock`, and the kernel and
+    /// disk are `/vmlinux` and `/disk.ext4` inside the jail.
+    Launched {
+        pid: u32,
+        jail_root: String,
+    },
 }

@@ -141,7 +141,7 @@ async fn start(global: &Global, args: &StartArgs, out: &Output) -> Result<(), Er
     let root = Uid::effective().is_root();
     let helper_socket = layout.helper_socket();
     if root && !args.no_helper {
-        start_helper(&layout.run_dir, &helper_socket, args.timeout).await?;
+        start_helper(&layout.run_dir, &layout.state_dir, &helper_socket, args.timeout).await?;
     }
     let mut daemon_args = vec!["--socket".to_string(), socket.display().to_string()];
     if let Some(dir) = &global.state_dir {
@@ -178,7 +178,12 @@ fn create_run_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))
 }
 
-async fn start_helper(run_dir: &Path, socket: &Path, timeout: Duration) -> Result<(), Error> {
+async fn start_helper(
+    run_dir: &Path,
+    state_dir: &Path,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<(), Error> {
     if protocol::channel::Client::<protocol::channel::Helper>::connect(socket, "banger").await.is_ok() {
         return Ok(());
     }
@@ -190,6 +195,8 @@ async fn start_helper(run_dir: &Path, socket: &Path, timeout: Duration) -> Resul
         Uid::effective().to_string(),
         "--pid-file".into(),
         run_dir.join("helper.pid").display().to_string(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
     ];
     let mut child = spawn_logged(&find_binary("banger-helper")?, &args, &log)?;
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,177 @@
+//! Firecracker through its jailer: a chroot under banger's state dir, the daemon's uid and gid,
+//! cgroup limits for CPU and memory, a new PID namespace. The kernel and disk are hard-linked
+//! into the jail after the jailer made it; the console is the descriptor the daemon passed.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid};
+use protocol::helper::LaunchSpec;
+use protocol::{Error, ErrorKind};
+
+use crate::validate;
+
+pub struct Jails {
+    pub state_dir: PathBuf,
+    pub firecracker: PathBuf,
+    pub jailer: PathBuf,
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+impl Jails {
+    fn base(&self) -> PathBuf {
+        self.state_dir.join("jail")
+    }
+
+    /// `<state>/jail/<exec name>/<vm>`: the jailer's own layout.
+    fn dir(&self, vm: &str) -> PathBuf {
+        let exec =
+            self.firecracker.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "firecracker".into());
+        self.base().join(exec).join(vm)
+    }
+
+    pub fn root(&self, vm: &str) -> PathBuf {
+        self.dir(vm).join("root")
+    }
+
+    pub fn launch(&self, spec: &LaunchSpec, console: Option<OwnedFd>) -> Result<(u32, PathBuf), Error> {
+        validate::vm_name(&spec.vm)?;
+        let kernel = validate::owned_file(&self.state_dir, &spec.kernel)?;
+        let disk = spec.disk.as_deref().map(|d| validate::owned_file(&self.state_dir, d)).transpose()?;
+        if !(1..=32).contains(&spec.cpus) || !(16..=1 << 20).contains(&spec.memory_mib) {
+            return Err(Error::new(ErrorKind::InvalidInput, "cpus must be 1-32 and memory 16 MiB-1 TiB"));
+        }
+        self.clean(&spec.vm)?;
+        std::fs::create_dir_all(self.base())
+            .map_err(|e| Error::internal(format!("cannot create the jail base: {e}")))?;
+        let (stdout, stderr) = match console {
+            Some(fd) => {
+                let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
+                (Stdio::from(fd), Stdio::from(copy))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let status = Command::new(&self.jailer)
+            .args(["--id", &spec.vm, "--exec-file"])
+            .arg(&self.firecracker)
+            .args(["--uid", &self.uid.to_string(), "--gid", &self.gid.to_string(), "--chroot-base-dir"])
+            .arg(self.base())
+            .args(cgroups(spec))
+            .args(["--new-pid-ns", "--", "--api-sock", "/api.sock"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .map_err(|e| Error::internal(format!("cannot run the jailer: {e}")))?;
+        if !status.success() {
+            return Err(Error::internal(format!(
+                "the jailer failed ({status}); the VM's console log says why"
+            )));
+        }
+        let root = self.root(&spec.vm);
+        let pid = read_pid(&root)?;
+        link_into(&kernel, &root.join("vmlinux"), None)?;
+        if let Some(disk) = disk {
+            link_into(&disk, &root.join("disk.ext4"), Some((self.uid, self.gid)))?;
+        }
+        Ok((pid, root))
+    }
+
+    /// SIGKILLs the VM's Firecracker if `pid` is still it (its jail's pid file says so, and it
+    /// is a firecracker process); a process that is gone already is fine.
+    pub fn kill(&self, vm: &str, pid: u32) -> Result<(), Error> {
+        validate::vm_name(vm)?;
+        let recorded = read_pid(&self.root(vm)).ok();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if recorded != Some(pid) || comm.trim() != "firecracker" {
+            return Ok(());
+        }
+        match kill(Pid::from_raw(pid as i32), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::internal(format!("cannot kill pid {pid}: {e}"))),
+        }
+    }
+
+    /// Removes the jail dir and the cgroups the jailer made; absent is fine.
+    pub fn clean(&self, vm: &str) -> Result<(), Error> {
+        validate::vm_name(vm)?;
+        let dir = self.dir(vm);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::internal(format!("cannot remove {}: {e}", dir.display()))),
+        }
+        let exec = self.firecracker.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for cgroup in cgroup_dirs(&exec, vm) {
+            // A cgroup empties a moment after its last process exits; retry briefly.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while cgroup.exists() && std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+fn cgroups(spec: &LaunchSpec) -> Vec<String> {
+    // Firecracker needs some memory of its own beyond the guest's.
+    let memory = (u64::from(spec.memory_mib) + 64) << 20;
+    let quota = u64::from(spec.cpus) * 100_000;
+    if cgroup_v2() {
+        vec![
+            "--cgroup-version".into(),
+            "2".into(),
+            "--cgroup".into(),
+            format!("cpu.max={quota} 100000"),
+            "--cgroup".into(),
+            format!("memory.max={memory}"),
+        ]
+    } else {
+        vec![
+            "--cgroup-version".into(),
+            "1".into(),
+            "--cgroup".into(),
+            format!("cpu.cfs_quota_us={quota}"),
+            "--cgroup".into(),
+            format!("memory.limit_in_bytes={memory}"),
+        ]
+    }
+}
+
+fn cgroup_dirs(exec: &str, vm: &str) -> Vec<PathBuf> {
+    if cgroup_v2() {
+        vec![PathBuf::from("/sys/fs/cgroup").join(exec).join(vm)]
+    } else {
+        ["cpu", "memory"]
+            .iter()
+            .map(|c| PathBuf::from("/sys/fs/cgroup").join(c).join(exec).join(vm))
+            .collect()
+    }
+}
+
+fn read_pid(root: &Path) -> Result<u32, Error> {
+    let file = root.join("firecracker.pid");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Error::internal(format!("no pid file in the jail: {e}")))?;
+    text.trim().parse().map_err(|_| Error::internal(format!("{} does not hold a pid", file.display())))
+}
+
+/// Hard-links `from` to `to` (same filesystem: both under the state dir), optionally owned.
+fn link_into(from: &Path, to: &Path, owner: Option<(Uid, Gid)>) -> Result<(), Error> {
+    std::fs::hard_link(from, to)
+        .map_err(|e| Error::internal(format!("cannot link {} into the jail: {e}", from.display())))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(to, Some(uid), Some(gid))
+            .map_err(|e| Error::internal(format!("cannot chown {}: {e}", to.display())))?;
+    }
+    Ok(())
+}
