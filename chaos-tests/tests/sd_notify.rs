@@ -65,12 +65,12 @@ async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     let status = d.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "bangerd exited with {status}");
     assert!(!d.socket.exists(), "the socket is removed on exit");
-    // Reverse start order: api, images, helper, store.
+    // Reverse start order.
     let log = d.log_text();
-    let order: Vec<usize> =
-        ["\"child\":\"api\"", "\"child\":\"images\"", "\"child\":\"helper\"", "\"child\":\"store\""]
-            .iter()
-            .map(|k| log.find(k).unwrap_or_else(|| panic!("{k} not stopped: {log}")))
-            .collect();
+    let order: Vec<usize> = ["api", "vms", "kernels", "images", "helper", "store"]
+        .iter()
+        .map(|k| format!("\"child\":\"{k}\""))
+        .map(|k| log.find(&k).unwrap_or_else(|| panic!("{k} not stopped: {log}")))
+        .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "shutdown order wrong: {log}");
 }

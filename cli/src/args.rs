@@ -51,6 +51,30 @@ pub enum Command {
     /// Pull, list, inspect and remove images; prune the blob cache.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Create, start, stop and remove VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Import, list and remove kernels.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// List running VMs (`vm ls`).
+    Ps {
+        /// Stopped and failed VMs too.
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Remove a VM (`vm rm`).
+    Rm {
+        name: String,
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Remove every VM that is not running.
+    Prune {
+        /// Do not ask.
+        #[arg(long, short)]
+        force: bool,
+    },
     /// Print a shell completion script, e.g. `banger completion bash > /etc/bash_completion.d/banger`.
     Completion { shell: clap_complete::Shell },
 }
@@ -213,4 +237,84 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM from an image (its disk is a copy-on-write clone of the image's rootfs).
+    Create {
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// A kernel from `banger kernel ls` (default: the one named `default`).
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Disk size, e.g. 8G.
+        #[arg(long, value_parser = parse_size)]
+        disk: Option<u64>,
+        /// No network interface.
+        #[arg(long)]
+        no_net: bool,
+        /// An extra kernel command-line argument; repeatable.
+        #[arg(long = "kernel-arg")]
+        kernel_args: Vec<String>,
+    },
+    /// Boot a VM.
+    Start { name: String },
+    /// Shut a VM down (Ctrl-Alt-Del), killing it after the timeout.
+    Stop {
+        name: String,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Kill a VM's VMM at once.
+    Kill { name: String },
+    /// Stop, then start.
+    Restart {
+        name: String,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Remove a VM; a running one only with --force.
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// List VMs (running ones unless --all).
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Show a VM as JSON.
+    Inspect { name: String },
+    /// Print a VM's console log; with -f, follow it until the VM stops.
+    Logs {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Import an uncompressed ELF vmlinux.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List kernels.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove a kernel no VM uses.
+    #[command(alias = "remove")]
+    Rm { name: String },
 }

@@ -22,6 +22,18 @@ pub async fn call(client: &mut DaemonClient, socket: &Path, request: &Request) -
     }
 }
 
+/// Refuses early when the daemon speaks a protocol older than the one that brought `what`.
+pub fn require(client: &DaemonClient, since: u32, what: &str) -> Result<(), Error> {
+    if client.version < since {
+        return Err(Error::new(
+            ErrorKind::VersionMismatch,
+            format!("{} has no support for {what}", client.server.software),
+        )
+        .with_hint("upgrade bangerd to match this banger"));
+    }
+    Ok(())
+}
+
 pub fn unexpected(reply: &Response) -> Error {
     Error::new(ErrorKind::Protocol, format!("the daemon sent an unexpected reply: {reply:?}"))
         .with_hint("the client and daemon may be out of step; compare `banger version`")

@@ -31,6 +31,13 @@ fn main() -> ExitCode {
             Command::Version => commands::version::run(&cli.global, &out).await,
             Command::Daemon(cmd) => commands::daemon::run(&cli.global, cmd, &out).await,
             Command::Image(cmd) => commands::image::run(&cli.global, cmd, &out).await,
+            Command::Vm(cmd) => commands::vm::run(&cli.global, cmd, &out).await,
+            Command::Kernel(cmd) => commands::kernel::run(&cli.global, cmd, &out).await,
+            Command::Ps { all } => commands::vm::run(&cli.global, args::VmCommand::Ls { all }, &out).await,
+            Command::Rm { name, force } => {
+                commands::vm::run(&cli.global, args::VmCommand::Rm { name, force }, &out).await
+            }
+            Command::Prune { force } => commands::vm::prune(&cli.global, force, &out).await,
             Command::Completion { shell } => commands::completion::run(shell),
         }
     });

@@ -9,13 +9,19 @@ mod api_server;
 mod child;
 mod config;
 mod connection;
+mod disk;
+mod fsutil;
 mod helper;
 mod image_cache;
+mod kernels;
 mod logging;
 mod notify;
 mod peer;
 mod store;
 mod supervisor;
+mod vm;
+mod vm_manager;
+mod vmm;
 
 use std::process::ExitCode;
 

@@ -4,6 +4,7 @@
 //! `ChildExited`, `GetStatus`, `Shutdown` and (chaos builds) `Chaos`.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -18,8 +19,11 @@ use crate::config::Config;
 use crate::connection::{Deps, version_info};
 use crate::helper::HelperLink;
 use crate::image_cache::ImageCache;
+use crate::kernels::KernelStore;
 use crate::notify::Notifier;
 use crate::store::Store;
+use crate::vm_manager::VmManager;
+use crate::vmm::firecracker::Firecracker;
 
 /// The supervised actors, in start order; shutdown runs it backwards. The API comes last so
 /// that READY means "the socket answers".
@@ -28,10 +32,13 @@ enum Child {
     Store,
     Helper,
     Images,
+    Kernels,
+    Vms,
     Api,
 }
 
-const CHILDREN: [Child; 4] = [Child::Store, Child::Helper, Child::Images, Child::Api];
+const CHILDREN: [Child; 6] =
+    [Child::Store, Child::Helper, Child::Images, Child::Kernels, Child::Vms, Child::Api];
 
 impl Child {
     fn name(self) -> &'static str {
@@ -39,6 +46,8 @@ impl Child {
             Child::Store => "store",
             Child::Helper => "helper",
             Child::Images => "images",
+            Child::Kernels => "kernels",
+            Child::Vms => "vms",
             Child::Api => "api",
         }
     }
@@ -65,16 +74,33 @@ pub struct GetStatus;
 #[rtype(result = "Result<(), Error>")]
 pub struct Chaos(pub ChaosAction);
 
-/// The image cache's current address (it changes when the actor restarts).
 #[derive(Message)]
-#[rtype(result = "Option<Addr<ImageCache>>")]
-pub struct GetImages;
+#[rtype(result = "Peers")]
+pub struct Lookup;
 
 struct Handle {
     describe: Recipient<Describe>,
     control: Recipient<Control>,
-    /// Set for the image cache, which connections talk to directly.
-    images: Option<Addr<ImageCache>>,
+    /// The typed address, for the children others talk to directly.
+    peer: Peer,
+}
+
+#[derive(Clone)]
+enum Peer {
+    None,
+    Images(Addr<ImageCache>),
+    Helper(Addr<HelperLink>),
+    Kernels(Addr<KernelStore>),
+    Vms(Addr<VmManager>),
+}
+
+/// The current addresses of the children other actors talk to (they change on restarts).
+#[derive(Default, Clone)]
+pub struct Peers {
+    pub images: Option<Addr<ImageCache>>,
+    pub helper: Option<Addr<HelperLink>>,
+    pub kernels: Option<Addr<KernelStore>>,
+    pub vms: Option<Addr<VmManager>>,
 }
 
 impl Handle {
@@ -82,7 +108,7 @@ impl Handle {
     where
         A: Actor<Context = Context<A>> + Handler<Describe> + Handler<Control>,
     {
-        Handle { describe: addr.clone().recipient(), control: addr.recipient(), images: None }
+        Handle { describe: addr.clone().recipient(), control: addr.recipient(), peer: Peer::None }
     }
 }
 
@@ -168,10 +194,22 @@ impl Supervisor {
         };
         let handle = match child {
             Child::Store => Some(Handle::of(Store::new(cx).start())),
-            Child::Helper => Some(Handle::of(HelperLink::new(cx).start())),
+            Child::Helper => {
+                let addr = HelperLink::new(cx).start();
+                Some(Handle { peer: Peer::Helper(addr.clone()), ..Handle::of(addr) })
+            }
             Child::Images => {
                 let addr = ImageCache::new(cx).start();
-                Some(Handle { images: Some(addr.clone()), ..Handle::of(addr) })
+                Some(Handle { peer: Peer::Images(addr.clone()), ..Handle::of(addr) })
+            }
+            Child::Kernels => {
+                let addr = KernelStore::new(cx).start();
+                Some(Handle { peer: Peer::Kernels(addr.clone()), ..Handle::of(addr) })
+            }
+            Child::Vms => {
+                let vmm = Arc::new(Firecracker::new(me.clone()));
+                let addr = VmManager::new(cx, me.clone(), vmm).start();
+                Some(Handle { peer: Peer::Vms(addr.clone()), ..Handle::of(addr) })
             }
             Child::Api => {
                 let deps = Deps { config: self.config.clone(), supervisor: me };
@@ -362,10 +400,20 @@ impl Handler<GetStatus> for Supervisor {
     }
 }
 
-impl Handler<GetImages> for Supervisor {
-    type Result = Option<Addr<ImageCache>>;
-    fn handle(&mut self, _: GetImages, _: &mut Context<Self>) -> Self::Result {
-        self.slots.iter().find_map(|s| s.handle.as_ref()?.images.clone())
+impl Handler<Lookup> for Supervisor {
+    type Result = MessageResult<Lookup>;
+    fn handle(&mut self, _: Lookup, _: &mut Context<Self>) -> Self::Result {
+        let mut peers = Peers::default();
+        for handle in self.slots.iter().filter_map(|s| s.handle.as_ref()) {
+            match &handle.peer {
+                Peer::Images(a) => peers.images = Some(a.clone()),
+                Peer::Helper(a) => peers.helper = Some(a.clone()),
+                Peer::Kernels(a) => peers.kernels = Some(a.clone()),
+                Peer::Vms(a) => peers.vms = Some(a.clone()),
+                Peer::None => {}
+            }
+        }
+        MessageResult(peers)
     }
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
+use crate::vm::{KernelInfo, VmCreate, VmInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -40,6 +41,34 @@ pub enum Request {
     /// new ones back; concurrent prunes share one run. Answered with [`Response::Pruned`].
     /// Since protocol 2.
     CachePrune { dry_run: bool },
+    /// Create a VM (disk cloned from the image, resources settled). Answered with
+    /// [`Response::Vm`]. Since protocol 2.
+    VmCreate(VmCreate),
+    /// Boot a created or stopped VM; answered once it runs. Since protocol 2.
+    VmStart { name: String },
+    /// Ctrl-Alt-Del, then kill after `timeout_ms`. Answered with [`Response::Vm`].
+    VmStop { name: String, timeout_ms: u64 },
+    /// Kill the VMM at once. Answered with [`Response::Vm`]. Since protocol 2.
+    VmKill { name: String },
+    /// Stop (as `VmStop`), then start. Answered with [`Response::Vm`]. Since protocol 2.
+    VmRestart { name: String, timeout_ms: u64 },
+    /// Delete a VM; a running one only with `force` (it is killed). Answered with `Ok`.
+    VmRemove { name: String, force: bool },
+    /// VMs (running ones, or all). Answered with [`Response::Vms`]. Since protocol 2.
+    VmList { all: bool },
+    /// One VM. Answered with [`Response::Vm`]. Since protocol 2.
+    VmInspect { name: String },
+    /// The console log; with `follow`, a stream of [`Response::Log`] until the VM stops.
+    VmLogs { name: String, follow: bool },
+    /// Remove every VM that is not running. Answered with [`Response::Removed`].
+    VmPrune,
+    /// Import a kernel (an ELF vmlinux) passed as a descriptor. Answered with
+    /// [`Response::Kernel`]. Since protocol 2.
+    KernelImport { name: String, file: String },
+    /// Answered with [`Response::Kernels`]. Since protocol 2.
+    KernelList,
+    /// Answered with `Ok`; refused while a VM uses it. Since protocol 2.
+    KernelRemove { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +97,14 @@ pub enum Response {
     Images(Vec<ImageInfo>),
     Image(ImageInfo),
     Pruned(PruneReport),
+    Vm(VmInfo),
+    Vms(Vec<VmInfo>),
+    /// A piece of a console log.
+    Log(Vec<u8>),
+    /// Names of what was removed.
+    Removed(Vec<String>),
+    Kernel(KernelInfo),
+    Kernels(Vec<KernelInfo>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! - [`daemon`]: what `banger` (and tests) send to `bangerd`, and what comes back.
 //! - [`helper`]: what `bangerd` sends to the root `banger-helper`.
 //! - [`image`]: image pulls, listings and cache prunes.
+//! - [`vm`]: VMs and kernels.
 //! - [`handshake`]: the first message both ways (magic, service, version range).
 //! - [`frame`]: datagram framing: chunking, reassembly, stream flags, size caps.
 //! - [`codec`]: bincode with a byte limit and no trailing bytes.
@@ -19,6 +20,7 @@ pub mod handshake;
 pub mod helper;
 pub mod image;
 pub mod paths;
+pub mod vm;
 
 pub use error::{Error, ErrorKind};
 

@@ -18,13 +18,7 @@ const IMAGES_SINCE: u32 = 2;
 pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(), Error> {
     let socket = global.socket();
     let mut c = client::connect(&socket).await?;
-    if c.version < IMAGES_SINCE {
-        return Err(Error::new(
-            ErrorKind::VersionMismatch,
-            format!("{} has no image support", c.server.software),
-        )
-        .with_hint("upgrade bangerd to match this banger"));
-    }
+    client::require(&c, IMAGES_SINCE, "images")?;
     match cmd {
         ImageCommand::Pull { reference, name, size } => {
             let registry = crate::auth::registry_of(&reference);

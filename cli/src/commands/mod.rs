@@ -3,4 +3,6 @@
 pub mod completion;
 pub mod daemon;
 pub mod image;
+pub mod kernel;
 pub mod version;
+pub mod vm;

@@ -106,7 +106,7 @@ pub fn default_size(stats: &Stats) -> u64 {
 }
 
 /// Finds a program in PATH or the sbin directories (a user's PATH often lacks them).
-fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))

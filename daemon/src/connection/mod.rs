@@ -3,6 +3,8 @@
 //! context, so the session ends when the actor stops and the actor stops when the session ends.
 //! Tells its ApiServer when it closes.
 
+mod vms;
+
 use std::os::fd::OwnedFd;
 
 use actix::prelude::*;
@@ -16,7 +18,7 @@ use tokio_seqpacket::UnixSeqpacket;
 use crate::api_server::ConnectionClosed;
 use crate::config::Config;
 use crate::image_cache::{self, InspectImage, ListImages, Prune, RemoveImage, StartImport, StartPull};
-use crate::supervisor::{Chaos, GetImages, GetStatus, Shutdown, Supervisor};
+use crate::supervisor::{Chaos, GetStatus, Lookup, Shutdown, Supervisor};
 
 /// What a connection needs to answer requests.
 #[derive(Clone)]
@@ -115,6 +117,19 @@ async fn route(
             deps.supervisor.do_send(Shutdown { reason: "requested by a client" });
             return Ok(());
         }
+        Request::VmCreate(_)
+        | Request::VmStart { .. }
+        | Request::VmStop { .. }
+        | Request::VmKill { .. }
+        | Request::VmRestart { .. }
+        | Request::VmRemove { .. }
+        | Request::VmList { .. }
+        | Request::VmInspect { .. }
+        | Request::VmLogs { .. }
+        | Request::VmPrune
+        | Request::KernelImport { .. }
+        | Request::KernelList
+        | Request::KernelRemove { .. } => return vms::route(chan, request, fd, deps).await,
         Request::Chaos(action) if cfg!(feature = "chaos") => return chaos(chan, action, deps).await,
         Request::ImagePull(_)
         | Request::ImageList
@@ -172,7 +187,7 @@ async fn image_request(
     fd: Option<OwnedFd>,
     deps: &Deps,
 ) -> Result<(), WireError> {
-    let Ok(Some(images)) = deps.supervisor.send(GetImages).await else {
+    let Ok(Some(images)) = deps.supervisor.send(Lookup).await.map(|p| p.images) else {
         return chan.send(&Response::Error(image_cache::unavailable()), false).await;
     };
     let gone = |e: actix::MailboxError| Error::internal(format!("the image cache did not answer: {e}"));

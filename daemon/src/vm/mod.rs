@@ -1,0 +1,358 @@
+//! VmActor: one per VM. Owns its state machine (`Created → Starting → Running → Stopping →
+//! Stopped | Failed(reason)`), persisted on every transition; its VMM (through the [`Vmm`]
+//! trait), its console capture, and the watch on its VMM's pidfd. Takes `Start`, `Stop`,
+//! `Kill`, `Info`, `Destroy` from the VmManager; tells it when it is gone (its guard).
+
+pub mod console;
+pub mod record;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protocol::vm::{VmInfo, VmState};
+use protocol::{Error, ErrorKind};
+use slog::{Logger, info, warn};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use self::record::{Paths, Record};
+use crate::fsutil::now;
+use crate::vmm::{Boot, Running, Vmm};
+
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct Start {
+    pub boot: Boot,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct Stop {
+    pub timeout: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct Kill;
+
+#[derive(Message)]
+#[rtype(result = "VmInfo")]
+pub struct Info;
+
+/// Stop the actor for good; the VM must not be running. The manager deletes its files.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Destroy;
+
+/// The VMM process is gone (its pidfd became readable).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Exited {
+    pid: u32,
+}
+
+/// Tells the VmManager when this actor goes, however it goes.
+pub struct VmGuard {
+    pub name: String,
+    pub manager: Recipient<crate::vm_manager::VmGone>,
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        self.manager.do_send(crate::vm_manager::VmGone { name: self.name.clone() });
+    }
+}
+
+pub struct VmActor {
+    record: Record,
+    paths: Paths,
+    vmm: Arc<dyn Vmm>,
+    log: Logger,
+    _guard: VmGuard,
+    /// Set when the exit about to come was asked for (stop, kill): it ends in `Stopped`.
+    expected_exit: bool,
+    waiters: Vec<oneshot::Sender<VmInfo>>,
+}
+
+impl VmActor {
+    pub fn new(record: Record, paths: Paths, vmm: Arc<dyn Vmm>, log: Logger, guard: VmGuard) -> Self {
+        VmActor { record, paths, vmm, log, _guard: guard, expected_exit: false, waiters: vec![] }
+    }
+
+    fn name(&self) -> String {
+        self.record.info.name.clone()
+    }
+
+    /// Moves to `state` and persists it before anything else happens.
+    fn set(&mut self, state: VmState) {
+        info!(self.log, "state"; "state" => %state);
+        self.record.info.state = state;
+        if let Err(e) = self.record.save(&self.paths) {
+            warn!(self.log, "cannot persist the VM state"; "error" => %e.message);
+        }
+    }
+
+    fn conflict(&self, wants: &str) -> Error {
+        Error::new(
+            ErrorKind::Conflict,
+            format!("vm {} is {}; cannot {wants}", self.record.info.name, self.record.info.state),
+        )
+    }
+
+    /// Watches the VMM's pidfd; its exit arrives as `Exited`.
+    fn watch(&self, running: &Running, ctx: &mut Context<Self>) {
+        let pid = running.pid;
+        let addr = ctx.address();
+        let log = self.log.clone();
+        actix::spawn(async move {
+            match pidfd(pid) {
+                Ok(fd) => {
+                    // SAFETY: the AsyncFd takes the OwnedFd, which stays open as long as it does.
+                    if let Ok(fd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                        let _ = fd.readable().await;
+                    }
+                }
+                // Already gone.
+                Err(e) => warn!(log, "cannot watch the VMM"; "pid" => pid, "error" => %e),
+            }
+            addr.do_send(Exited { pid });
+        });
+    }
+
+    fn wait(&mut self) -> oneshot::Receiver<VmInfo> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        rx
+    }
+
+    /// The reply for a request that waits for the VMM to exit.
+    fn until_exit(&mut self) -> ResponseActFuture<Self, Result<VmInfo, Error>> {
+        let rx = self.wait();
+        Box::pin(
+            async move { rx.await.map_err(|_| Error::internal("the VM actor stopped")) }.into_actor(self),
+        )
+    }
+}
+
+/// VM names: `^[a-z0-9][a-z0-9-]{0,62}$` (they name taps, jails and directories).
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::InvalidInput, format!("invalid VM name {name:?}"))
+            .with_hint("use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"))
+    }
+}
+
+/// pidfd_open(2): a descriptor that becomes readable when `pid` exits, even for a non-child.
+fn pidfd(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments; the result is checked before use.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Actor for VmActor {
+    type Context = Context<Self>;
+
+    /// Re-adoption: a record that says a VMM runs is checked against the process table.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(running) = self.record.running.clone() else {
+            if matches!(self.record.info.state, VmState::Starting | VmState::Running | VmState::Stopping) {
+                self.set(VmState::Failed("bangerd stopped while the VM was starting".into()));
+            }
+            return;
+        };
+        let vmm = self.vmm.clone();
+        let check = async move { vmm.alive(&running).await };
+        ctx.wait(check.into_actor(self).map(|alive, act, ctx| {
+            let Some(running) = act.record.running.clone() else { return };
+            if alive {
+                info!(act.log, "re-adopted a running VMM"; "pid" => running.pid);
+                if act.record.info.state == VmState::Stopping {
+                    act.set(VmState::Running);
+                }
+                act.watch(&running, ctx);
+            } else {
+                ctx.notify(Exited { pid: running.pid });
+            }
+        }));
+    }
+}
+
+impl Handler<Start> for VmActor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+
+    fn handle(&mut self, msg: Start, _: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.record.info.state, VmState::Created | VmState::Stopped | VmState::Failed(_)) {
+            let e = self.conflict("start it");
+            return Box::pin(async move { Err(e) }.into_actor(self));
+        }
+        self.set(VmState::Starting);
+        self.expected_exit = false;
+        let console = std::io::pipe().map(|(r, w)| {
+            console::capture(r, self.paths.console());
+            OwnedFd::from(w)
+        });
+        let vmm = self.vmm.clone();
+        let boot = async move {
+            vmm.boot(
+                msg.boot,
+                console.map_err(|e| Error::internal(format!("cannot make the console pipe: {e}")))?,
+            )
+            .await
+        };
+        Box::pin(boot.into_actor(self).map(|booted, act, ctx| match booted {
+            Ok(running) => {
+                act.record.running = Some(running.clone());
+                act.record.info.pid = Some(running.pid);
+                act.record.info.started_at = Some(now());
+                act.set(VmState::Running);
+                act.watch(&running, ctx);
+                Ok(act.record.info.clone())
+            }
+            Err(e) => {
+                let lines = console::tail(&act.paths.console(), 5);
+                act.set(VmState::Failed(e.message.clone()));
+                let (vmm, name) = (act.vmm.clone(), act.name());
+                actix::spawn(async move {
+                    let _ = vmm.cleanup(&name).await;
+                });
+                Err(if lines.is_empty() {
+                    e
+                } else {
+                    Error { message: format!("{}\nlast console lines:\n{lines}", e.message), ..e }
+                })
+            }
+        }))
+    }
+}
+
+impl Handler<Stop> for VmActor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+
+    fn handle(&mut self, msg: Stop, ctx: &mut Context<Self>) -> Self::Result {
+        let info = self.record.info.clone();
+        match (&info.state, self.record.running.clone()) {
+            (VmState::Created | VmState::Stopped | VmState::Failed(_), _) => {
+                Box::pin(async move { Ok(info) }.into_actor(self))
+            }
+            (VmState::Running | VmState::Stopping, Some(running)) => {
+                self.expected_exit = true;
+                if info.state == VmState::Running {
+                    self.set(VmState::Stopping);
+                    let vmm = self.vmm.clone();
+                    let r = running.clone();
+                    let log = self.log.clone();
+                    actix::spawn(async move {
+                        if let Err(e) = vmm.shutdown(&r).await {
+                            warn!(log, "Ctrl-Alt-Del failed; the timeout will kill it"; "error" => %e.message);
+                        }
+                    });
+                }
+                // Past the timeout, kill; a VMM that already exited makes this a no-op.
+                ctx.run_later(msg.timeout, move |act, _| {
+                    if act.record.running.as_ref().is_some_and(|r| r.pid == running.pid) {
+                        warn!(act.log, "no shutdown within the timeout; killing");
+                        let (vmm, name) = (act.vmm.clone(), act.name());
+                        actix::spawn(async move {
+                            let _ = vmm.kill(&name, &running).await;
+                        });
+                    }
+                });
+                self.until_exit()
+            }
+            _ => {
+                let e = self.conflict("stop it now");
+                Box::pin(async move { Err(e) }.into_actor(self))
+            }
+        }
+    }
+}
+
+impl Handler<Kill> for VmActor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+
+    fn handle(&mut self, _: Kill, _: &mut Context<Self>) -> Self::Result {
+        let Some(running) = self.record.running.clone() else {
+            let info = self.record.info.clone();
+            return Box::pin(async move { Ok(info) }.into_actor(self));
+        };
+        self.expected_exit = true;
+        let (vmm, name, log) = (self.vmm.clone(), self.name(), self.log.clone());
+        actix::spawn(async move {
+            if let Err(e) = vmm.kill(&name, &running).await {
+                warn!(log, "kill failed"; "error" => %e.message);
+            }
+        });
+        self.until_exit()
+    }
+}
+
+impl Handler<Exited> for VmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Exited, _: &mut Context<Self>) {
+        if self.record.running.as_ref().map(|r| r.pid) != Some(msg.pid) {
+            return;
+        }
+        self.record.running = None;
+        self.record.info.pid = None;
+        let code = console::exit_code(&self.paths.console());
+        let how = match code {
+            Some(c) => format!("exit code {c}"),
+            None => "killed".to_string(),
+        };
+        self.record.info.last_exit = Some(how.clone());
+        // Asked for, or a guest that powered off cleanly: stopped. Anything else: failed.
+        let state = if self.expected_exit || code == Some(0) {
+            VmState::Stopped
+        } else {
+            let lines = console::tail(&self.paths.console(), 5);
+            VmState::Failed(format!("the VMM exited unexpectedly ({how}); last console lines:\n{lines}"))
+        };
+        self.expected_exit = false;
+        self.set(state);
+        let (vmm, name, log) = (self.vmm.clone(), self.name(), self.log.clone());
+        let info = self.record.info.clone();
+        let waiters = std::mem::take(&mut self.waiters);
+        actix::spawn(async move {
+            // Release the jail before anyone hears the VM stopped, so a restart finds it clean.
+            if let Err(e) = vmm.cleanup(&name).await {
+                warn!(log, "cannot clean up after the VMM"; "error" => %e.message);
+            }
+            for w in waiters {
+                let _ = w.send(info.clone());
+            }
+        });
+    }
+}
+
+impl Handler<Info> for VmActor {
+    type Result = MessageResult<Info>;
+    fn handle(&mut self, _: Info, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.record.info.clone())
+    }
+}
+
+impl Handler<Destroy> for VmActor {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, _: Destroy, ctx: &mut Context<Self>) -> Result<(), Error> {
+        if self.record.running.is_some() {
+            return Err(self
+                .conflict("remove it")
+                .with_hint(format!("stop it first, or `banger vm rm -f {}`", self.name())));
+        }
+        ctx.stop();
+        Ok(())
+    }
+}

@@ -1,0 +1,396 @@
+//! VmManager: owns `vms/` and the map from VM name to its VmActor. Creates VMs (settles their
+//! resources, clones their disks), routes lifecycle requests to each VM's actor, re-adopts
+//! every VM on disk when it starts (so a restarted daemon finds its running VMMs), and restarts
+//! a VmActor that died the same way. Takes the `*Vm` messages and `VmGone`, and
+//! `Describe`/`Control` from the supervisor.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use protocol::vm::{VmCreate, VmInfo, VmSpec, VmState};
+use protocol::{Error, ErrorKind};
+use slog::{Logger, info, o, warn};
+
+use crate::child::{ChildCtx, ChildGuard, Describe};
+use crate::fsutil::now;
+use crate::image_cache::images::ROOTFS;
+use crate::kernels::KernelPath;
+use crate::supervisor::{Lookup, Supervisor};
+use crate::vm::record::{Paths, Record};
+use crate::vm::{self, Destroy, Info, Kill, Start, Stop, VmActor, VmGuard};
+use crate::vmm::{Boot, Vmm};
+
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct CreateVm(pub VmCreate);
+
+/// A lifecycle request for one VM.
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub enum Lifecycle {
+    Start(String),
+    Stop(String, Duration),
+    Kill(String),
+    Restart(String, Duration),
+    Inspect(String),
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct RemoveVm {
+    pub name: String,
+    pub force: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<VmInfo>")]
+pub struct ListVms;
+
+/// Where a VM's console log is (for `vm logs`).
+#[derive(Message)]
+#[rtype(result = "Result<PathBuf, Error>")]
+pub struct ConsolePath(pub String);
+
+/// A VmActor is gone (its guard's drop).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct VmGone {
+    pub name: String,
+}
+
+/// Defaults derived from the host, overridable per VM.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+}
+
+impl Defaults {
+    /// Up to 2 vCPUs and an eighth of the host's memory (256 MiB to 1 GiB); 8 GiB of disk.
+    pub fn for_host() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(2);
+        let total_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| {
+                    l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+                })
+            })
+            .map(|kib| kib / 1024)
+            .unwrap_or(2048);
+        Defaults { cpus, memory_mib: (total_mib / 8).clamp(256, 1024) as u32, disk_bytes: 8 << 30 }
+    }
+}
+
+pub struct VmManager {
+    vms_dir: PathBuf,
+    images_dir: PathBuf,
+    vms: HashMap<String, Addr<VmActor>>,
+    /// Names being created or removed: not to be re-adopted or created twice.
+    busy: HashSet<String>,
+    vmm: Arc<dyn Vmm>,
+    supervisor: Addr<Supervisor>,
+    defaults: Defaults,
+    log: Logger,
+    guard: ChildGuard,
+}
+
+impl VmManager {
+    pub fn new(cx: ChildCtx, supervisor: Addr<Supervisor>, vmm: Arc<dyn Vmm>) -> Self {
+        let state = &cx.config.layout.state_dir;
+        VmManager {
+            vms_dir: state.join("vms"),
+            images_dir: state.join("images"),
+            vms: HashMap::new(),
+            busy: HashSet::new(),
+            vmm,
+            supervisor,
+            defaults: Defaults::for_host(),
+            log: cx.log,
+            guard: cx.guard,
+        }
+    }
+
+    fn spawn_actor(&mut self, record: Record, ctx: &mut Context<Self>) {
+        let name = record.info.name.clone();
+        let paths = Paths::new(&self.vms_dir, &name);
+        let guard = VmGuard { name: name.clone(), manager: ctx.address().recipient() };
+        let log = self.log.new(o!("vm" => name.clone()));
+        let actor = VmActor::new(record, paths, self.vmm.clone(), log, guard).start();
+        self.vms.insert(name, actor);
+    }
+
+    /// Starts an actor for every VM on disk; each checks whether its VMM still runs.
+    fn adopt_all(&mut self, ctx: &mut Context<Self>) {
+        let Ok(entries) = std::fs::read_dir(&self.vms_dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || self.vms.contains_key(&name) {
+                continue;
+            }
+            match Record::load(&Paths::new(&self.vms_dir, &name)) {
+                Ok(record) => self.spawn_actor(record, ctx),
+                Err(e) => warn!(self.log, "skipping an unreadable VM"; "vm" => &name, "error" => %e.message),
+            }
+        }
+        info!(self.log, "VMs adopted"; "count" => self.vms.len());
+    }
+
+    fn actor(&self, name: &str) -> Result<Addr<VmActor>, Error> {
+        self.vms.get(name).cloned().ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("no VM named {name:?}"))
+                .with_hint("see `banger vm ls --all`")
+        })
+    }
+
+    /// Everything the VMM needs to boot `name`, from its record and the kernel store.
+    fn boot_for(&self, name: &str) -> impl Future<Output = Result<Boot, Error>> + 'static {
+        let paths = Paths::new(&self.vms_dir, name);
+        let supervisor = self.supervisor.clone();
+        let name = name.to_string();
+        async move {
+            let record = Record::load(&paths)?;
+            let spec = record.info.spec;
+            let kernels = supervisor
+                .send(Lookup)
+                .await
+                .ok()
+                .and_then(|p| p.kernels)
+                .ok_or_else(crate::kernels::unavailable)?;
+            let kernel = kernels
+                .send(KernelPath(spec.kernel.clone()))
+                .await
+                .map_err(|e| Error::internal(e.to_string()))??;
+            Ok(Boot {
+                vm: name,
+                kernel,
+                disk: paths.disk(),
+                cpus: spec.cpus,
+                memory_mib: spec.memory_mib,
+                kernel_args: spec.kernel_args.join(" "),
+                tap: None,
+            })
+        }
+    }
+}
+
+impl Actor for VmManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(e) = std::fs::create_dir_all(&self.vms_dir) {
+            self.guard.exiting(format!("cannot create {}: {e}", self.vms_dir.display()));
+            ctx.stop();
+            return;
+        }
+        self.adopt_all(ctx);
+        self.guard.started();
+    }
+}
+
+impl Handler<VmGone> for VmManager {
+    type Result = ();
+    fn handle(&mut self, msg: VmGone, ctx: &mut Context<Self>) {
+        self.vms.remove(&msg.name);
+        if self.busy.contains(&msg.name) {
+            return;
+        }
+        // Not a removal: the actor died. Adopt the VM again from its record.
+        warn!(self.log, "a VM actor stopped; adopting the VM again"; "vm" => &msg.name);
+        if let Ok(record) = Record::load(&Paths::new(&self.vms_dir, &msg.name)) {
+            self.spawn_actor(record, ctx);
+        }
+    }
+}
+
+impl Handler<CreateVm> for VmManager {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+
+    fn handle(&mut self, CreateVm(req): CreateVm, _: &mut Context<Self>) -> Self::Result {
+        let checked = (|| {
+            vm::validate_name(&req.name)?;
+            if self.vms.contains_key(&req.name) || self.busy.contains(&req.name) {
+                return Err(Error::new(ErrorKind::Conflict, format!("a VM named {:?} exists", req.name))
+                    .with_hint(format!("pick another name, or remove it: banger vm rm {}", req.name)));
+            }
+            crate::image_cache::images::validate_name(&req.image)?;
+            if req.network {
+                return Err(Error::new(ErrorKind::InvalidInput, "VM networking is not available yet")
+                    .with_hint("create it with --no-net"));
+            }
+            Ok(())
+        })();
+        if let Err(e) = checked {
+            return Box::pin(async move { Err(e) }.into_actor(self));
+        }
+        self.busy.insert(req.name.clone());
+        let name = req.name.clone();
+        let rootfs = self.images_dir.join(&req.image).join(ROOTFS);
+        let paths = Paths::new(&self.vms_dir, &req.name);
+        let defaults = self.defaults;
+        let supervisor = self.supervisor.clone();
+        let work = async move {
+            let kernel = req.kernel.clone().unwrap_or_else(|| "default".into());
+            let kernels = supervisor
+                .send(Lookup)
+                .await
+                .ok()
+                .and_then(|p| p.kernels)
+                .ok_or_else(crate::kernels::unavailable)?;
+            kernels.send(KernelPath(kernel.clone())).await.map_err(|e| Error::internal(e.to_string()))??;
+            let image_bytes = std::fs::metadata(&rootfs).map(|m| m.len()).map_err(|_| {
+                Error::new(ErrorKind::NotFound, format!("no image named {:?}", req.image))
+                    .with_hint("see `banger image ls`")
+            })?;
+            let disk_bytes = req.disk_bytes.unwrap_or(defaults.disk_bytes.max(image_bytes));
+            if disk_bytes < image_bytes {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("the disk must hold the image ({image_bytes} bytes)"),
+                ));
+            }
+            let info = VmInfo {
+                name: req.name.clone(),
+                state: VmState::Created,
+                spec: VmSpec {
+                    cpus: req.cpus.unwrap_or(defaults.cpus),
+                    memory_mib: req.memory_mib.unwrap_or(defaults.memory_mib),
+                    disk_bytes,
+                    image: req.image.clone(),
+                    kernel,
+                    kernel_args: req.kernel_args.clone(),
+                    ip: None,
+                    mac: None,
+                },
+                pid: None,
+                created_at: now(),
+                started_at: None,
+                last_exit: None,
+            };
+            let record = Record { info, running: None };
+            let (p, r) = (paths.clone(), record.clone());
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&p.dir)
+                    .map_err(|e| Error::internal(format!("cannot create {}: {e}", p.dir.display())))?;
+                let made = crate::disk::clone_and_grow(&rootfs, &p.disk(), disk_bytes)
+                    .map_err(Error::internal)
+                    .and_then(|()| r.save(&p));
+                if made.is_err() {
+                    let _ = std::fs::remove_dir_all(&p.dir);
+                }
+                made
+            })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))??;
+            Ok(record)
+        };
+        Box::pin(work.into_actor(self).map(move |made, act, ctx| {
+            act.busy.remove(&name);
+            let record = made?;
+            let info = record.info.clone();
+            info!(act.log, "created"; "vm" => &info.name);
+            act.spawn_actor(record, ctx);
+            Ok(info)
+        }))
+    }
+}
+
+impl Handler<Lifecycle> for VmManager {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+
+    fn handle(&mut self, msg: Lifecycle, _: &mut Context<Self>) -> Self::Result {
+        let name = match &msg {
+            Lifecycle::Start(n)
+            | Lifecycle::Stop(n, _)
+            | Lifecycle::Kill(n)
+            | Lifecycle::Restart(n, _)
+            | Lifecycle::Inspect(n) => n.clone(),
+        };
+        let actor = match self.actor(&name) {
+            Ok(a) => a,
+            Err(e) => return Box::pin(async move { Err(e) }.into_actor(self)),
+        };
+        let boot = self.boot_for(&name);
+        let gone = |e: MailboxError| Error::internal(format!("the VM's actor did not answer: {e}"));
+        let work = async move {
+            match msg {
+                Lifecycle::Inspect(_) => actor.send(Info).await.map_err(gone),
+                Lifecycle::Stop(_, timeout) => actor.send(Stop { timeout }).await.map_err(gone)?,
+                Lifecycle::Kill(_) => actor.send(Kill).await.map_err(gone)?,
+                Lifecycle::Start(_) => actor.send(Start { boot: boot.await? }).await.map_err(gone)?,
+                Lifecycle::Restart(_, timeout) => {
+                    actor.send(Stop { timeout }).await.map_err(gone)??;
+                    actor.send(Start { boot: boot.await? }).await.map_err(gone)?
+                }
+            }
+        };
+        Box::pin(work.into_actor(self))
+    }
+}
+
+impl Handler<RemoveVm> for VmManager {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, msg: RemoveVm, _: &mut Context<Self>) -> Self::Result {
+        let actor = match self.actor(&msg.name) {
+            Ok(a) => a,
+            Err(e) => return Box::pin(async move { Err(e) }.into_actor(self)),
+        };
+        self.busy.insert(msg.name.clone());
+        let name = msg.name.clone();
+        let paths = Paths::new(&self.vms_dir, &msg.name);
+        let work = async move {
+            let gone = |e: MailboxError| Error::internal(format!("the VM's actor did not answer: {e}"));
+            if msg.force {
+                actor.send(Kill).await.map_err(gone)??;
+            }
+            actor.send(Destroy).await.map_err(gone)??;
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&paths.dir))
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?
+                .map_err(|e| Error::internal(format!("cannot remove the VM's files: {e}")))
+        };
+        Box::pin(work.into_actor(self).map(move |done, act, _| {
+            act.busy.remove(&name);
+            if done.is_ok() {
+                act.vms.remove(&name);
+                info!(act.log, "removed"; "vm" => &name);
+            }
+            done
+        }))
+    }
+}
+
+impl Handler<ListVms> for VmManager {
+    type Result = ResponseFuture<Vec<VmInfo>>;
+    fn handle(&mut self, _: ListVms, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self.vms.values().map(|a| a.send(Info)).collect();
+        Box::pin(async move {
+            let mut all: Vec<VmInfo> = join_all(asks).await.into_iter().filter_map(Result::ok).collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            all
+        })
+    }
+}
+
+impl Handler<ConsolePath> for VmManager {
+    type Result = Result<PathBuf, Error>;
+    fn handle(&mut self, ConsolePath(name): ConsolePath, _: &mut Context<Self>) -> Self::Result {
+        self.actor(&name)?;
+        Ok(Paths::new(&self.vms_dir, &name).console())
+    }
+}
+
+impl Handler<Describe> for VmManager {
+    type Result = Option<String>;
+    fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
+        Some(format!("{} VM(s)", self.vms.len()))
+    }
+}
+
+crate::handle_control!(VmManager);

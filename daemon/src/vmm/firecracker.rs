@@ -1,0 +1,118 @@
+//! Firecracker as a [`Vmm`]: launched through the jailer by banger-helper, configured over its
+//! API socket (boot source, drive, network, machine config), then started. The jail's paths
+//! are fixed: `/vmlinux`, `/disk.ext4`, `/api.sock`.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use actix::Addr;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use protocol::Error;
+use protocol::helper::{HelperRequest, HelperResponse, LaunchSpec};
+use serde_json::json;
+
+use super::{Boot, Running, Vmm, api, start_time};
+use crate::helper::call;
+use crate::supervisor::{Lookup, Supervisor};
+
+pub struct Firecracker {
+    supervisor: Addr<Supervisor>,
+}
+
+impl Firecracker {
+    pub fn new(supervisor: Addr<Supervisor>) -> Self {
+        Firecracker { supervisor }
+    }
+
+    async fn helper(&self, request: HelperRequest, fd: Option<OwnedFd>) -> Result<HelperResponse, Error> {
+        let helper = self.supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
+        call(helper, request, fd).await
+    }
+
+    async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {
+        let spec = LaunchSpec {
+            vm: boot.vm.clone(),
+            kernel: boot.kernel.display().to_string(),
+            disk: Some(boot.disk.display().to_string()),
+            cpus: boot.cpus,
+            memory_mib: boot.memory_mib,
+        };
+        let (pid, root) = match self.helper(HelperRequest::LaunchVm(spec), Some(console)).await? {
+            HelperResponse::Launched { pid, jail_root } => (pid, PathBuf::from(jail_root)),
+            other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+        };
+        let running =
+            Running { pid, start_time: start_time(pid).unwrap_or(0), control: root.join("api.sock") };
+        let configured = self.configure(&boot, &running).await;
+        if let Err(e) = configured {
+            let _ = self.kill(&boot.vm, &running).await;
+            return Err(e);
+        }
+        Ok(running)
+    }
+
+    async fn configure(&self, boot: &Boot, running: &Running) -> Result<(), Error> {
+        let api = &running.control;
+        // The jailer creates the socket a moment after the process starts.
+        for _ in 0..200 {
+            if api.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let boot_args = format!("console=ttyS0 reboot=k panic=1 {}", boot.kernel_args);
+        api::put(
+            api,
+            "/boot-source",
+            &json!({ "kernel_image_path": "/vmlinux", "boot_args": boot_args.trim() }).to_string(),
+        )
+        .await?;
+        api::put(
+            api,
+            "/drives/rootfs",
+            &json!({ "drive_id": "rootfs", "path_on_host": "/disk.ext4", "is_root_device": true, "is_read_only": false }).to_string(),
+        )
+        .await?;
+        if let Some((tap, mac)) = &boot.tap {
+            api::put(
+                api,
+                "/network-interfaces/eth0",
+                &json!({ "iface_id": "eth0", "host_dev_name": tap, "guest_mac": mac }).to_string(),
+            )
+            .await?;
+        }
+        api::put(
+            api,
+            "/machine-config",
+            &json!({ "vcpu_count": boot.cpus, "mem_size_mib": boot.memory_mib }).to_string(),
+        )
+        .await?;
+        api::put(api, "/actions", r#"{"action_type":"InstanceStart"}"#).await
+    }
+}
+
+impl Vmm for Firecracker {
+    fn boot(&self, boot: Boot, console: OwnedFd) -> BoxFuture<'_, Result<Running, Error>> {
+        self.boot_inner(boot, console).boxed()
+    }
+
+    fn shutdown<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, Result<(), Error>> {
+        api::put(&running.control, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#).boxed()
+    }
+
+    fn kill<'a>(&'a self, vm: &'a str, running: &'a Running) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            self.helper(HelperRequest::KillVm { vm: vm.into(), pid: running.pid }, None).await.map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        async move { self.helper(HelperRequest::CleanJail { vm: vm.into() }, None).await.map(|_| ()) }.boxed()
+    }
+
+    fn alive<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, bool> {
+        async move { start_time(running.pid) == Some(running.start_time) && api::answers(&running.control).await }.boxed()
+    }
+}
