@@ -21,6 +21,7 @@ pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod tree;
+pub mod vms;
 
 /// Where bangerd, banger-helper and banger are.
 pub fn bin_dir() -> PathBuf {

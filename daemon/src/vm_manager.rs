@@ -249,10 +249,15 @@ impl Handler<CreateVm> for VmManager {
             })?;
             let disk_bytes = req.disk_bytes.unwrap_or(defaults.disk_bytes.max(image_bytes));
             if disk_bytes < image_bytes {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("the disk must hold the image ({image_bytes} bytes)"),
-                ));
+                let mib = |b: u64| b.div_ceil(1 << 20);
+                let message = format!(
+                    "a {} MiB disk cannot hold image {} ({} MiB)",
+                    mib(disk_bytes),
+                    req.image,
+                    mib(image_bytes)
+                );
+                return Err(Error::new(ErrorKind::InvalidInput, message)
+                    .with_hint(format!("pass --disk {}M or more", mib(image_bytes))));
             }
             let info = VmInfo {
                 name: req.name.clone(),

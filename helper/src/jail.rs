@@ -34,6 +34,14 @@ impl Jails {
         self.base().join(exec).join(vm)
     }
 
+    /// The cgroup all of this banger's VMs go under. VM names are only unique per state dir,
+    /// and cgroups are host-wide, so the parent is named for the state dir.
+    fn parent_cgroup(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.state_dir.as_os_str().as_encoded_bytes());
+        format!("banger-{}", hex::encode(&digest[..6]))
+    }
+
     pub fn root(&self, vm: &str) -> PathBuf {
         self.dir(vm).join("root")
     }
@@ -61,6 +69,7 @@ impl Jails {
             .args(["--uid", &self.uid.to_string(), "--gid", &self.gid.to_string(), "--chroot-base-dir"])
             .arg(self.base())
             .args(cgroups(spec))
+            .args(["--parent-cgroup", &self.parent_cgroup()])
             .args(["--new-pid-ns", "--", "--api-sock", "/api.sock"])
             .env_clear()
             .stdin(Stdio::null())
@@ -75,6 +84,12 @@ impl Jails {
         }
         let root = self.root(&spec.vm);
         let pid = read_pid(&root)?;
+        // Firecracker's own log goes here (configured over its API), apart from the console.
+        let log = root.join("firecracker.log");
+        std::fs::File::create(&log)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", log.display())))?;
+        nix::unistd::chown(&log, Some(self.uid), Some(self.gid))
+            .map_err(|e| Error::internal(format!("cannot chown {}: {e}", log.display())))?;
         link_into(&kernel, &root.join("vmlinux"), None)?;
         if let Some(disk) = disk {
             link_into(&disk, &root.join("disk.ext4"), Some((self.uid, self.gid)))?;
@@ -106,8 +121,7 @@ impl Jails {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::internal(format!("cannot remove {}: {e}", dir.display()))),
         }
-        let exec = self.firecracker.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for cgroup in cgroup_dirs(&exec, vm) {
+        for cgroup in cgroup_dirs(&self.parent_cgroup(), vm) {
             // A cgroup empties a moment after its last process exits; retry briefly.
             let deadline = Instant::now() + Duration::from_secs(2);
             while cgroup.exists() && std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
@@ -147,14 +161,12 @@ fn cgroups(spec: &LaunchSpec) -> Vec<String> {
     }
 }
 
-fn cgroup_dirs(exec: &str, vm: &str) -> Vec<PathBuf> {
+fn cgroup_dirs(parent: &str, vm: &str) -> Vec<PathBuf> {
+    let root = PathBuf::from("/sys/fs/cgroup");
     if cgroup_v2() {
-        vec![PathBuf::from("/sys/fs/cgroup").join(exec).join(vm)]
+        vec![root.join(parent).join(vm)]
     } else {
-        ["cpu", "memory"]
-            .iter()
-            .map(|c| PathBuf::from("/sys/fs/cgroup").join(c).join(exec).join(vm))
-            .collect()
+        ["cpu", "memory"].iter().map(|c| root.join(c).join(parent).join(vm)).collect()
     }
 }
 

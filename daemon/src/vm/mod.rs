@@ -302,12 +302,9 @@ impl Handler<Exited> for VmActor {
     type Result = ();
 
     fn handle(&mut self, msg: Exited, _: &mut Context<Self>) {
-        if self.record.running.as_ref().map(|r| r.pid) != Some(msg.pid) {
-            return;
-        }
-        self.record.running = None;
+        let Some(running) = self.record.running.take_if(|r| r.pid == msg.pid) else { return };
         self.record.info.pid = None;
-        let code = console::exit_code(&self.paths.console());
+        let code = self.vmm.exit_code(&running);
         let how = match code {
             Some(c) => format!("exit code {c}"),
             None => "killed".to_string(),

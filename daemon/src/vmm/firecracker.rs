@@ -61,6 +61,8 @@ impl Firecracker {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        // Firecracker's log to its own file, so it never interleaves with the guest's console.
+        api::put(api, "/logger", r#"{"log_path":"/firecracker.log","level":"Info"}"#).await?;
         let boot_args = format!("console=ttyS0 reboot=k panic=1 {}", boot.kernel_args);
         api::put(
             api,
@@ -110,6 +112,13 @@ impl Vmm for Firecracker {
 
     fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         async move { self.helper(HelperRequest::CleanJail { vm: vm.into() }, None).await.map(|_| ()) }.boxed()
+    }
+
+    fn exit_code(&self, running: &Running) -> Option<i32> {
+        let log = std::fs::read(running.control.with_file_name("firecracker.log")).ok()?;
+        let text = String::from_utf8_lossy(&log);
+        let after = text.rsplit_once("exit_code=")?.1;
+        after.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
     }
 
     fn alive<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, bool> {

@@ -47,6 +47,9 @@ pub trait Vmm: Send + Sync {
     fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// Whether a recorded VMM is still that process and still answers: re-adoption.
     fn alive<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, bool>;
+    /// The exit code the VMM reported for itself, once it exited (`None`: it was killed, or
+    /// died without saying). Read before `cleanup`.
+    fn exit_code(&self, running: &Running) -> Option<i32>;
 }
 
 /// The start time of `pid`, if it runs.

@@ -1,0 +1,116 @@
+//! A daemon and helper ready to run VMs: a root helper sharing the daemon's state dir, the test
+//! kernel imported as `default`, and a tiny image `base`.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use crate::oci::LayerTar;
+use crate::{DaemonOpts, TEST_KERNEL, TestDaemon, TestHelper, capable, firecracker, is_root, stderr};
+
+pub struct VmHost {
+    pub daemon: TestDaemon,
+    pub helper: TestHelper,
+}
+
+impl VmHost {
+    /// `None` (after saying why) where this host cannot run VMs.
+    pub async fn start() -> Option<Self> {
+        if !capable("root", is_root(), "VMs need the root helper") {
+            return None;
+        }
+        if firecracker().is_none() {
+            capable(
+                "kvm",
+                false,
+                "firecracker or /dev/kvm is missing (scripts/dev setup installs Firecracker)",
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("banger-vm-test-").tempdir().expect("temp dir");
+        let socket = dir.path().join("run/helper.sock");
+        std::fs::create_dir_all(socket.parent().expect("run dir")).expect("run dir");
+        let helper = TestHelper::start_in(&socket, 0, dir.path()).await;
+        let opts = DaemonOpts { helper_socket: Some(socket), ..Default::default() };
+        let daemon = TestDaemon::start_in(dir, opts).await;
+        let host = VmHost { daemon, helper };
+        host.ok(&["kernel", "import", TEST_KERNEL, "--name", "default"]);
+        let rootfs = host.daemon.dir.path().join("rootfs.tar");
+        std::fs::write(&rootfs, LayerTar::default().dir("etc").file("etc/hostname", b"test\n").bytes())
+            .expect("tar");
+        host.ok(&["image", "import", rootfs.to_str().expect("path"), "--name", "base"]);
+        Some(host)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.daemon.cli(args)
+    }
+
+    /// Runs the CLI and insists it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "banger {}: {}", args.join(" "), stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates a small VM whose test kernel waits for Ctrl-Alt-Del (or resets at once).
+    pub fn create(&self, name: &str, mode: &str) {
+        let arg = format!("banger.mode={mode}");
+        self.ok(&[
+            "vm",
+            "create",
+            name,
+            "--image",
+            "base",
+            "--no-net",
+            "--disk",
+            "96M",
+            "--cpus",
+            "1",
+            "--memory",
+            "32",
+            "--kernel-arg",
+            &arg,
+        ]);
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["vm", "inspect", name])).expect("inspect JSON")
+    }
+
+    pub fn jail(&self, name: &str) -> PathBuf {
+        self.daemon.dir.path().join("jail/firecracker").join(name)
+    }
+
+    /// Whether any cgroup is left for `name` (the helper puts a state dir's VMs under
+    /// `banger-<first 12 hex of sha256(state dir)>`).
+    pub fn cgroups_left(&self, name: &str) -> Vec<PathBuf> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.daemon.dir.path().as_os_str().as_encoded_bytes());
+        let parent = format!("banger-{}", hex::encode(&digest[..6]));
+        let root = PathBuf::from("/sys/fs/cgroup");
+        [root.join(&parent), root.join("cpu").join(&parent), root.join("memory").join(&parent)]
+            .into_iter()
+            .map(|p| p.join(name))
+            .filter(|p| p.exists())
+            .collect()
+    }
+}
+
+/// A failed test must not leave VMs running: kill every VMM this daemon recorded.
+impl Drop for VmHost {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.daemon.dir.path().join("vms")) else { return };
+        for e in entries.flatten() {
+            let record: serde_json::Value = std::fs::read(e.path().join("vm.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if let Some(pid) = record["running"]["pid"].as_i64() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! VMs on real Firecracker through the real daemon, helper and jailer, booting the test kernel.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::stderr;
+use chaos_tests::vms::VmHost;
+
+fn wait_for(host: &VmHost, name: &str, state: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = host.inspect(name);
+        let now =
+            if v["state"].is_string() { v["state"].as_str().unwrap().to_string() } else { "Failed".into() };
+        if now == state {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} never reached {state}: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The console is copied by a thread as it arrives: give it a moment.
+fn wait_log(host: &VmHost, name: &str, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = host.ok(&["vm", "logs", name]);
+        if logs.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name}'s console never showed {needle:?}: {logs}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn create_start_stop_kill_restart_rm() {
+    let Some(host) = VmHost::start().await else { return };
+    let out = host.ok(&[
+        "vm",
+        "create",
+        "web",
+        "--image",
+        "base",
+        "--no-net",
+        "--disk",
+        "96M",
+        "--kernel-arg",
+        "banger.mode=wait",
+    ]);
+    assert!(
+        out.starts_with("vm web: ") && out.contains("96.0 MiB disk, image base, kernel default, no network"),
+        "{out}"
+    );
+    assert_eq!(host.inspect("web")["state"], "Created");
+
+    let out = host.ok(&["vm", "start", "web"]);
+    assert!(out.starts_with("web running (pid "), "{out}");
+    let pid = host.inspect("web")["pid"].as_u64().unwrap();
+    assert!(host.jail("web").join("root/api.sock").exists(), "it runs in its jail");
+    wait_log(&host, "web", "BANGER-TEST-KERNEL waiting for ctrl-alt-del");
+    let ps = host.ok(&["ps"]);
+    assert!(ps.contains("web") && ps.contains("running") && ps.contains(&pid.to_string()), "{ps}");
+
+    let out = host.ok(&["vm", "stop", "web"]);
+    assert_eq!(out.trim(), "web stopped");
+    let v = host.inspect("web");
+    assert_eq!(v["last_exit"], "exit code 0", "a graceful stop: {v}");
+    wait_log(&host, "web", "got ctrl-alt-del");
+    assert!(!host.jail("web").exists(), "the jail is released");
+    assert_eq!(host.cgroups_left("web"), Vec::<std::path::PathBuf>::new(), "the cgroups are released");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    );
+    assert!(host.ok(&["ps"]).lines().count() == 1, "ps lists running VMs only");
+    assert!(host.ok(&["ps", "--all"]).contains("stopped"));
+
+    host.ok(&["vm", "start", "web"]);
+    let out = host.ok(&["vm", "kill", "web"]);
+    assert_eq!(out.trim(), "web stopped");
+    assert_eq!(host.inspect("web")["last_exit"], "killed");
+
+    let out = host.ok(&["vm", "restart", "web"]);
+    assert!(out.starts_with("web running"), "{out}");
+    let out = host.cli(&["vm", "rm", "web"]);
+    assert_eq!(out.status.code(), Some(4), "a running VM is not removed without --force");
+    assert!(stderr(&out).contains("hint: stop it first, or `banger vm rm -f web`"), "{}", stderr(&out));
+    assert_eq!(host.ok(&["rm", "-f", "web"]).trim(), "removed web");
+    assert!(!host.daemon.dir.path().join("vms/web").exists() && !host.jail("web").exists());
+    assert!(host.cgroups_left("web").is_empty());
+    let out = host.cli(&["vm", "inspect", "web"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn a_guest_that_powers_off_by_itself_is_stopped() {
+    let Some(host) = VmHost::start().await else { return };
+    host.create("oneshot", "reset");
+    host.ok(&["vm", "start", "oneshot"]);
+    let v = wait_for(&host, "oneshot", "Stopped");
+    assert_eq!(v["last_exit"], "exit code 0");
+    wait_log(&host, "oneshot", "BANGER-TEST-KERNEL booted");
+}
+
+#[tokio::test]
+async fn a_killed_vmm_fails_the_vm_and_releases_it() {
+    let Some(host) = VmHost::start().await else { return };
+    host.create("victim", "wait");
+    host.ok(&["vm", "start", "victim"]);
+    wait_log(&host, "victim", "waiting for ctrl-alt-del");
+    let pid = host.inspect("victim")["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let v = wait_for(&host, "victim", "Failed");
+    let reason = v["state"]["Failed"].as_str().unwrap();
+    assert!(reason.contains("the VMM exited unexpectedly (killed)"), "{reason}");
+    assert!(reason.contains("BANGER-TEST-KERNEL"), "the reason carries the last console lines: {reason}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.jail("victim").exists() {
+        assert!(Instant::now() < deadline, "the jail was not released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A failed VM starts again.
+    assert!(host.ok(&["vm", "start", "victim"]).starts_with("victim running"));
+    host.ok(&["vm", "stop", "victim"]);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_advice() {
+    let Some(host) = VmHost::start().await else { return };
+    let out = host.cli(&["vm", "create", "Bad_Name", "--image", "base", "--no-net"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid VM name"), "{}", stderr(&out));
+    let out = host.cli(&["vm", "create", "x", "--image", "nope", "--no-net"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("no image named \"nope\""), "{}", stderr(&out));
+    let out = host.cli(&["vm", "create", "x", "--image", "base", "--kernel", "nope", "--no-net"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("hint: import one: banger kernel import PATH --name nope"),
+        "{}",
+        stderr(&out)
+    );
+    host.create("dup", "wait");
+    let out = host.cli(&["vm", "create", "dup", "--image", "base", "--no-net"]);
+    assert_eq!(out.status.code(), Some(4));
+    let out = host.cli(&["vm", "stop", "ghost"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = host.cli(&["kernel", "rm", "default"]);
+    assert_eq!(out.status.code(), Some(4), "a kernel in use is kept");
+    assert!(
+        !std::fs::read_dir(host.daemon.dir.path().join("vms"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == "x"),
+        "nothing half-created"
+    );
+}
