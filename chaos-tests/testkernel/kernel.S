@@ -148,13 +148,17 @@ long64:
 
     lea waiting(%rip), %rsi
     call puts64
+    /* Check before sleeping: keys that arrived before the PIC was set up raised no interrupt.
+     * `sti; hlt` takes an interrupt that comes right after the check only once halted. */
 sleep:
-    sti
-    hlt
     cli
     in $0x64, %al
     test $1, %al
-    jz sleep
+    jnz 10f
+    sti
+    hlt
+    jmp sleep
+10:
     /* Drain the scancodes (Ctrl, Alt, Del); any key means stop. */
 6:  in $0x60, %al
     in $0x64, %al

@@ -1,0 +1,114 @@
+//! Many VMs at once, and VMs outliving their daemon: 20 start in parallel and stop cleanly; a
+//! daemon killed with 20 VMs running re-adopts all of them; a VMM that died while the daemon
+//! was down is marked failed and released.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::vms::VmHost;
+
+const N: usize = 20;
+
+fn names() -> Vec<String> {
+    (0..N).map(|i| format!("vm{i:02}")).collect()
+}
+
+/// Runs `banger ARGS NAME` for every name at once and checks each one succeeded.
+fn parallel(host: &VmHost, args: &[&str], names: &[String]) {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let mut all: Vec<&str> = args.to_vec();
+                all.push(n);
+                s.spawn(move || host.ok(&all))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+fn states(host: &VmHost) -> Vec<(String, String, Option<u64>)> {
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&host.ok(&["vm", "ls", "--all", "--json"])).unwrap();
+    list.iter()
+        .map(|v| {
+            let state = v["state"].as_str().map(str::to_string).unwrap_or_else(|| "Failed".into());
+            (v["name"].as_str().unwrap().to_string(), state, v["pid"].as_u64())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn twenty_vms_start_in_parallel_and_stop_cleanly() {
+    let Some(host) = VmHost::start().await else { return };
+    let names = names();
+    for n in &names {
+        host.create(n, "wait");
+    }
+    let t = Instant::now();
+    parallel(&host, &["vm", "start"], &names);
+    eprintln!("{N} VMs started in {:?}", t.elapsed());
+    let running = states(&host);
+    assert!(running.iter().all(|(_, s, pid)| s == "Running" && pid.is_some()), "{running:?}");
+    parallel(&host, &["vm", "stop"], &names);
+    let stopped = states(&host);
+    assert!(stopped.iter().all(|(_, s, _)| s == "Stopped"), "{stopped:?}");
+    for n in &names {
+        assert_eq!(host.inspect(n)["last_exit"], "exit code 0", "{n} shut down gracefully");
+        assert!(!host.jail(n).exists(), "{n}'s jail is released");
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_killed_with_twenty_running_vms_readopts_them_all() {
+    let Some(mut host) = VmHost::start().await else { return };
+    let names = names();
+    for n in &names {
+        host.create(n, "wait");
+    }
+    parallel(&host, &["vm", "start"], &names);
+    let before = states(&host);
+    assert!(before.iter().all(|(_, s, _)| s == "Running"));
+
+    host.daemon.kill9();
+    host.daemon.restart().await;
+    let after = states(&host);
+    assert_eq!(after, before, "every VM is re-adopted, with the same VMM");
+    let status = host.ok(&["daemon", "status"]);
+    assert!(status.contains(&format!("{N} VM(s)")), "{status}");
+
+    parallel(&host, &["vm", "stop"], &names);
+    let stopped = states(&host);
+    assert!(stopped.iter().all(|(_, s, _)| s == "Stopped"), "re-adopted VMs stop: {stopped:?}");
+    assert!(names.iter().all(|n| !host.jail(n).exists()));
+}
+
+#[tokio::test]
+async fn a_vmm_that_died_while_the_daemon_was_down_is_failed_and_released() {
+    let Some(mut host) = VmHost::start().await else { return };
+    host.create("orphan", "wait");
+    host.ok(&["vm", "start", "orphan"]);
+    let pid = host.inspect("orphan")["pid"].as_u64().unwrap() as i32;
+    host.daemon.kill9();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    host.daemon.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = host.inspect("orphan");
+        if let Some(reason) = v["state"]["Failed"].as_str() {
+            assert!(reason.contains("exited unexpectedly"), "{reason}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not marked failed: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while host.jail("orphan").exists() {
+        assert!(Instant::now() < deadline, "the jail was not released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(host.cgroups_left("orphan").is_empty());
+}
