@@ -7,9 +7,12 @@ use std::process::Output;
 use crate::oci::LayerTar;
 use crate::{DaemonOpts, TEST_KERNEL, TestDaemon, TestHelper, capable, firecracker, is_root, stderr};
 
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 pub struct VmHost {
     pub daemon: TestDaemon,
     pub helper: TestHelper,
+    pub bridge: String,
 }
 
 impl VmHost {
@@ -30,9 +33,14 @@ impl VmHost {
         let socket = dir.path().join("run/helper.sock");
         std::fs::create_dir_all(socket.parent().expect("run dir")).expect("run dir");
         let helper = TestHelper::start_in(&socket, 0, dir.path()).await;
-        let opts = DaemonOpts { helper_socket: Some(socket), ..Default::default() };
+        // A bridge and subnet of its own: tests run side by side on one host.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + std::process::id() as usize % 64 * 4;
+        let (bridge, subnet) = (format!("bangert{:x}", n % 0xffff), format!("10.250.{}.0/24", n % 250));
+        let extra_args = vec!["--bridge".into(), bridge, "--subnet".into(), subnet];
+        let opts = DaemonOpts { helper_socket: Some(socket), extra_args, ..Default::default() };
+        let bridge = opts.extra_args[1].clone();
         let daemon = TestDaemon::start_in(dir, opts).await;
-        let host = VmHost { daemon, helper };
+        let host = VmHost { daemon, helper, bridge };
         host.ok(&["kernel", "import", TEST_KERNEL, "--name", "default"]);
         let rootfs = host.daemon.dir.path().join("rootfs.tar");
         std::fs::write(&rootfs, LayerTar::default().dir("etc").file("etc/hostname", b"test\n").bytes())

@@ -61,7 +61,7 @@ async fn status_shows_the_actor_tree() {
     let v = json(&d.cli(&["daemon", "status", "--json"]));
     let names: Vec<&str> =
         v["root"]["children"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["store", "helper", "images", "kernels", "vms", "api"]);
+    assert_eq!(names, ["store", "helper", "images", "kernels", "network", "vms", "api"]);
     assert_eq!(v["root"]["children"][0]["state"], "Running");
     assert_eq!(v["pid"], d.pid());
 }

@@ -67,7 +67,7 @@ async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     assert!(!d.socket.exists(), "the socket is removed on exit");
     // Reverse start order.
     let log = d.log_text();
-    let order: Vec<usize> = ["api", "vms", "kernels", "images", "helper", "store"]
+    let order: Vec<usize> = ["api", "vms", "network", "kernels", "images", "helper", "store"]
         .iter()
         .map(|k| format!("\"child\":\"{k}\""))
         .map(|k| log.find(&k).unwrap_or_else(|| panic!("{k} not stopped: {log}")))

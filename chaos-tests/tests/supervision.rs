@@ -37,7 +37,7 @@ async fn panicking_child_is_restarted_and_socket_keeps_answering() {
     let d = TestDaemon::start().await;
     let before = d.status().await;
     assert_eq!(child(&before, "store").restarts, 0);
-    assert_eq!(before.root.children.len(), 6, "{before:?}");
+    assert_eq!(before.root.children.len(), 7, "{before:?}");
     assert!(before.root.children.iter().all(|c| c.state == ActorState::Running), "{before:?}");
 
     chaos(&d, ChaosAction::Panic { actor: "store".into() }).await;
@@ -103,7 +103,7 @@ async fn chaos_for_an_unknown_actor_names_the_real_ones() {
     match d.call(&Request::Chaos(ChaosAction::Panic { actor: "nope".into() })).await {
         Response::Error(e) => {
             assert_eq!(e.kind, chaos_tests::protocol::ErrorKind::NotFound);
-            assert_eq!(e.hint.as_deref(), Some("actors: store, helper, images, kernels, vms, api"));
+            assert_eq!(e.hint.as_deref(), Some("actors: store, helper, images, kernels, network, vms, api"));
         }
         other => panic!("expected an error, got {other:?}"),
     }

@@ -156,3 +156,59 @@ async fn bad_requests_are_refused_with_advice() {
         "nothing half-created"
     );
 }
+
+#[tokio::test]
+async fn a_networked_vm_gets_a_tap_an_address_and_its_kernel_arguments() {
+    let Some(host) = VmHost::start().await else { return };
+    let out = host.ok(&[
+        "vm",
+        "create",
+        "net1",
+        "--image",
+        "base",
+        "--disk",
+        "96M",
+        "--kernel-arg",
+        "banger.mode=wait",
+    ]);
+    let v = host.inspect("net1");
+    let ip = v["spec"]["ip"].as_str().unwrap().to_string();
+    assert!(out.trim_end().ends_with(&ip), "the spec line ends with the address: {out}");
+    assert!(ip.starts_with("10.250.") && ip.ends_with(".2"), "the first lease: {ip}");
+    let mac = v["spec"]["mac"].as_str().unwrap().to_string();
+
+    host.ok(&["vm", "start", "net1"]);
+    let ip_cmd = |args: &[&str]| {
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(args).output().unwrap().stdout)
+            .into_owned()
+    };
+    let taps: Vec<String> = ip_cmd(&["-o", "link", "show", "master", &host.bridge])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+        .collect();
+    assert_eq!(taps.len(), 1, "one tap on {}: {taps:?}", host.bridge);
+    let gateway = format!("{}.1", ip.rsplit_once('.').unwrap().0);
+    assert!(ip_cmd(&["addr", "show", "dev", &host.bridge]).contains(&format!("inet {gateway}/24")));
+    let fc_log = std::fs::read_to_string(host.jail("net1").join("root/firecracker.log")).unwrap();
+    let expected = format!("ip={ip}::{gateway}:255.255.255.0::eth0:off:{gateway}");
+    assert!(fc_log.contains(&expected), "the kernel command line carries the address: {fc_log}");
+    assert!(
+        fc_log.contains(&mac) && fc_log.contains(&taps[0]),
+        "the interface uses the tap and MAC: {fc_log}"
+    );
+
+    host.ok(&["vm", "stop", "net1"]);
+    assert!(
+        ip_cmd(&["-o", "link", "show", "master", &host.bridge]).trim().is_empty(),
+        "the tap is deleted with the VM's stop"
+    );
+    host.ok(&["vm", "create", "net2", "--image", "base", "--disk", "96M"]);
+    assert_ne!(host.inspect("net2")["spec"]["ip"].as_str().unwrap(), ip, "addresses are not shared");
+    host.ok(&["vm", "rm", "net1"]);
+    host.ok(&["vm", "create", "net3", "--image", "base", "--disk", "96M"]);
+    assert_eq!(
+        host.inspect("net3")["spec"]["ip"].as_str().unwrap(),
+        ip,
+        "a removed VM's address is free again"
+    );
+}

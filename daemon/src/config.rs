@@ -38,6 +38,13 @@ pub struct Args {
     /// A registry (host[:port]) to reach over plain HTTP; repeatable. Loopback ones always are.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// The bridge VMs attach to.
+    #[arg(long, default_value = "banger0")]
+    pub bridge: String,
+    /// The VM subnet, e.g. 172.30.0.0/24 (default: the first of banger's that no host route
+    /// overlaps). The host is .1 on the bridge.
+    #[arg(long)]
+    pub subnet: Option<String>,
     /// Refuse an image whose uncompressed content exceeds this many bytes.
     #[arg(long, default_value_t = 64 << 30)]
     pub max_image_bytes: u64,
@@ -62,6 +69,9 @@ pub struct Config {
     pub helper_socket: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub max_image_bytes: u64,
+    pub bridge: String,
+    /// The subnet's network address and prefix length.
+    pub subnet: (std::net::Ipv4Addr, u8),
 }
 
 impl Config {
@@ -91,6 +101,24 @@ impl Config {
             helper_socket,
             insecure_registries: args.insecure_registries.clone(),
             max_image_bytes: args.max_image_bytes,
+            bridge: args.bridge.clone(),
+            subnet: match &args.subnet {
+                Some(s) => parse_subnet(s)?,
+                None => crate::network::pick_subnet(&crate::network::host_routes()),
+            },
         })
     }
+}
+
+/// `a.b.c.d/p`, p from 16 to 29, as the network address.
+fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let bad = || format!("--subnet {s:?}: expected a network like 172.30.0.0/24 (prefix 16 to 29)");
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if !(16..=29).contains(&prefix) {
+        return Err(bad());
+    }
+    let mask = u32::MAX << (32 - prefix);
+    Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
 }

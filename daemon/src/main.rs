@@ -15,6 +15,7 @@ mod helper;
 mod image_cache;
 mod kernels;
 mod logging;
+mod network;
 mod notify;
 mod peer;
 mod store;

@@ -20,6 +20,7 @@ use crate::connection::{Deps, version_info};
 use crate::helper::HelperLink;
 use crate::image_cache::ImageCache;
 use crate::kernels::KernelStore;
+use crate::network::Network;
 use crate::notify::Notifier;
 use crate::store::Store;
 use crate::vm_manager::VmManager;
@@ -33,12 +34,13 @@ enum Child {
     Helper,
     Images,
     Kernels,
+    Network,
     Vms,
     Api,
 }
 
-const CHILDREN: [Child; 6] =
-    [Child::Store, Child::Helper, Child::Images, Child::Kernels, Child::Vms, Child::Api];
+const CHILDREN: [Child; 7] =
+    [Child::Store, Child::Helper, Child::Images, Child::Kernels, Child::Network, Child::Vms, Child::Api];
 
 impl Child {
     fn name(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Child {
             Child::Helper => "helper",
             Child::Images => "images",
             Child::Kernels => "kernels",
+            Child::Network => "network",
             Child::Vms => "vms",
             Child::Api => "api",
         }
@@ -91,6 +94,7 @@ enum Peer {
     Images(Addr<ImageCache>),
     Helper(Addr<HelperLink>),
     Kernels(Addr<KernelStore>),
+    Network(Addr<Network>),
     Vms(Addr<VmManager>),
 }
 
@@ -100,6 +104,7 @@ pub struct Peers {
     pub images: Option<Addr<ImageCache>>,
     pub helper: Option<Addr<HelperLink>>,
     pub kernels: Option<Addr<KernelStore>>,
+    pub network: Option<Addr<Network>>,
     pub vms: Option<Addr<VmManager>>,
 }
 
@@ -205,6 +210,10 @@ impl Supervisor {
             Child::Kernels => {
                 let addr = KernelStore::new(cx).start();
                 Some(Handle { peer: Peer::Kernels(addr.clone()), ..Handle::of(addr) })
+            }
+            Child::Network => {
+                let addr = Network::new(cx, me.clone()).start();
+                Some(Handle { peer: Peer::Network(addr.clone()), ..Handle::of(addr) })
             }
             Child::Vms => {
                 let vmm = Arc::new(Firecracker::new(me.clone()));
@@ -409,6 +418,7 @@ impl Handler<Lookup> for Supervisor {
                 Peer::Images(a) => peers.images = Some(a.clone()),
                 Peer::Helper(a) => peers.helper = Some(a.clone()),
                 Peer::Kernels(a) => peers.kernels = Some(a.clone()),
+                Peer::Network(a) => peers.network = Some(a.clone()),
                 Peer::Vms(a) => peers.vms = Some(a.clone()),
                 Peer::None => {}
             }

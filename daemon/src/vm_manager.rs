@@ -19,6 +19,7 @@ use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::fsutil::now;
 use crate::image_cache::images::ROOTFS;
 use crate::kernels::KernelPath;
+use crate::network::{EnsureBridge, LeaseIp, ReleaseIp};
 use crate::supervisor::{Lookup, Supervisor};
 use crate::vm::record::{Paths, Record};
 use crate::vm::{self, Destroy, Info, Kill, Start, Stop, VmActor, VmGuard};
@@ -60,6 +61,11 @@ pub struct ConsolePath(pub String);
 #[rtype(result = "()")]
 pub struct VmGone {
     pub name: String,
+}
+
+fn restarting(what: &str) -> Error {
+    Error::new(ErrorKind::Unavailable, format!("the {what} actor is restarting"))
+        .with_hint("retry in a moment")
 }
 
 /// Defaults derived from the host, overridable per VM.
@@ -154,14 +160,23 @@ impl VmManager {
         let supervisor = self.supervisor.clone();
         let name = name.to_string();
         async move {
-            let record = Record::load(&paths)?;
-            let spec = record.info.spec;
-            let kernels = supervisor
-                .send(Lookup)
-                .await
-                .ok()
-                .and_then(|p| p.kernels)
-                .ok_or_else(crate::kernels::unavailable)?;
+            let spec = Record::load(&paths)?.info.spec;
+            let peers = supervisor.send(Lookup).await.unwrap_or_default();
+            let mut kernel_args = spec.kernel_args.clone();
+            let network = match spec.ip {
+                Some(_) => {
+                    let net = peers.network.ok_or_else(|| restarting("network"))?;
+                    net.send(EnsureBridge).await.map_err(|e| Error::internal(e.to_string()))??;
+                    let lease = net
+                        .send(LeaseIp(name.clone()))
+                        .await
+                        .map_err(|e| Error::internal(e.to_string()))??;
+                    kernel_args.push(lease.kernel_arg());
+                    Some((lease.bridge, lease.mac))
+                }
+                None => None,
+            };
+            let kernels = peers.kernels.ok_or_else(crate::kernels::unavailable)?;
             let kernel = kernels
                 .send(KernelPath(spec.kernel.clone()))
                 .await
@@ -172,8 +187,8 @@ impl VmManager {
                 disk: paths.disk(),
                 cpus: spec.cpus,
                 memory_mib: spec.memory_mib,
-                kernel_args: spec.kernel_args.join(" "),
-                tap: None,
+                kernel_args: kernel_args.join(" "),
+                network,
             })
         }
     }
@@ -219,10 +234,6 @@ impl Handler<CreateVm> for VmManager {
                     .with_hint(format!("pick another name, or remove it: banger vm rm {}", req.name)));
             }
             crate::image_cache::images::validate_name(&req.image)?;
-            if req.network {
-                return Err(Error::new(ErrorKind::InvalidInput, "VM networking is not available yet")
-                    .with_hint("create it with --no-net"));
-            }
             Ok(())
         })();
         if let Err(e) = checked {
@@ -259,6 +270,18 @@ impl Handler<CreateVm> for VmManager {
                 return Err(Error::new(ErrorKind::InvalidInput, message)
                     .with_hint(format!("pass --disk {}M or more", mib(image_bytes))));
             }
+            let lease = match req.network {
+                true => {
+                    let peers = supervisor.send(Lookup).await.unwrap_or_default();
+                    let net = peers.network.ok_or_else(|| restarting("network"))?;
+                    Some(
+                        net.send(LeaseIp(req.name.clone()))
+                            .await
+                            .map_err(|e| Error::internal(e.to_string()))??,
+                    )
+                }
+                false => None,
+            };
             let info = VmInfo {
                 name: req.name.clone(),
                 state: VmState::Created,
@@ -269,8 +292,8 @@ impl Handler<CreateVm> for VmManager {
                     image: req.image.clone(),
                     kernel,
                     kernel_args: req.kernel_args.clone(),
-                    ip: None,
-                    mac: None,
+                    ip: lease.as_ref().map(|l| l.ip.to_string()),
+                    mac: lease.as_ref().map(|l| l.mac.clone()),
                 },
                 pid: None,
                 created_at: now(),
@@ -296,6 +319,15 @@ impl Handler<CreateVm> for VmManager {
         };
         Box::pin(work.into_actor(self).map(move |made, act, ctx| {
             act.busy.remove(&name);
+            if made.is_err() {
+                let supervisor = act.supervisor.clone();
+                let vm = name.clone();
+                actix::spawn(async move {
+                    if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
+                        net.do_send(ReleaseIp(vm));
+                    }
+                });
+            }
             let record = made?;
             let info = record.info.clone();
             info!(act.log, "created"; "vm" => &info.name);
@@ -348,6 +380,7 @@ impl Handler<RemoveVm> for VmManager {
         };
         self.busy.insert(msg.name.clone());
         let name = msg.name.clone();
+        let supervisor = self.supervisor.clone();
         let paths = Paths::new(&self.vms_dir, &msg.name);
         let work = async move {
             let gone = |e: MailboxError| Error::internal(format!("the VM's actor did not answer: {e}"));
@@ -355,10 +388,15 @@ impl Handler<RemoveVm> for VmManager {
                 actor.send(Kill).await.map_err(gone)??;
             }
             actor.send(Destroy).await.map_err(gone)??;
+            let vm = msg.name.clone();
             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&paths.dir))
                 .await
                 .map_err(|e| Error::internal(e.to_string()))?
-                .map_err(|e| Error::internal(format!("cannot remove the VM's files: {e}")))
+                .map_err(|e| Error::internal(format!("cannot remove the VM's files: {e}")))?;
+            if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
+                net.do_send(ReleaseIp(vm));
+            }
+            Ok(())
         };
         Box::pin(work.into_actor(self).map(move |done, act, _| {
             act.busy.remove(&name);

@@ -31,6 +31,29 @@ impl Firecracker {
     }
 
     async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {
+        let tap = match &boot.network {
+            Some((bridge, mac)) => {
+                let request = HelperRequest::CreateTap { vm: boot.vm.clone(), bridge: bridge.clone() };
+                match self.helper(request, None).await? {
+                    HelperResponse::Tap { name } => Some((name, mac.clone())),
+                    other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+                }
+            }
+            None => None,
+        };
+        let booted = self.launch(&boot, tap.as_ref(), console).await;
+        if booted.is_err() && tap.is_some() {
+            let _ = self.helper(HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
+        }
+        booted
+    }
+
+    async fn launch(
+        &self,
+        boot: &Boot,
+        tap: Option<&(String, String)>,
+        console: OwnedFd,
+    ) -> Result<Running, Error> {
         let spec = LaunchSpec {
             vm: boot.vm.clone(),
             kernel: boot.kernel.display().to_string(),
@@ -44,7 +67,7 @@ impl Firecracker {
         };
         let running =
             Running { pid, start_time: start_time(pid).unwrap_or(0), control: root.join("api.sock") };
-        let configured = self.configure(&boot, &running).await;
+        let configured = self.configure(boot, tap, &running).await;
         if let Err(e) = configured {
             let _ = self.kill(&boot.vm, &running).await;
             return Err(e);
@@ -52,12 +75,18 @@ impl Firecracker {
         Ok(running)
     }
 
-    async fn configure(&self, boot: &Boot, running: &Running) -> Result<(), Error> {
+    async fn configure(
+        &self,
+        boot: &Boot,
+        tap: Option<&(String, String)>,
+        running: &Running,
+    ) -> Result<(), Error> {
         let api = &running.control;
-        // The jailer creates the socket a moment after the process starts.
-        for _ in 0..200 {
-            if api.exists() {
-                break;
+        // The socket appears a moment after the process starts, and answers a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !api::answers(api).await {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::internal("Firecracker's API socket never answered"));
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -76,7 +105,7 @@ impl Firecracker {
             &json!({ "drive_id": "rootfs", "path_on_host": "/disk.ext4", "is_root_device": true, "is_read_only": false }).to_string(),
         )
         .await?;
-        if let Some((tap, mac)) = &boot.tap {
+        if let Some((tap, mac)) = tap {
             api::put(
                 api,
                 "/network-interfaces/eth0",
@@ -111,7 +140,12 @@ impl Vmm for Firecracker {
     }
 
     fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        async move { self.helper(HelperRequest::CleanJail { vm: vm.into() }, None).await.map(|_| ()) }.boxed()
+        async move {
+            let tap = self.helper(HelperRequest::DeleteTap { vm: vm.into() }, None).await;
+            self.helper(HelperRequest::CleanJail { vm: vm.into() }, None).await?;
+            tap.map(|_| ())
+        }
+        .boxed()
     }
 
     fn exit_code(&self, running: &Running) -> Option<i32> {

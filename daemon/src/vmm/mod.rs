@@ -21,8 +21,8 @@ pub struct Boot {
     pub cpus: u32,
     pub memory_mib: u32,
     pub kernel_args: String,
-    /// A tap device on the host and the guest's MAC, with networking.
-    pub tap: Option<(String, String)>,
+    /// With networking: the bridge to attach a tap to, and the guest's MAC.
+    pub network: Option<(String, String)>,
 }
 
 /// A VMM process, as recorded on disk so a restarted daemon can find it again.
@@ -43,7 +43,7 @@ pub trait Vmm: Send + Sync {
     fn shutdown<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, Result<(), Error>>;
     /// Kills the VMM at once.
     fn kill<'a>(&'a self, vm: &'a str, running: &'a Running) -> BoxFuture<'a, Result<(), Error>>;
-    /// Releases what the VMM held on the host (jail, cgroups) after it exited.
+    /// Releases what the VMM held on the host (tap, jail, cgroups) after it exited.
     fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// Whether a recorded VMM is still that process and still answers: re-adoption.
     fn alive<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, bool>;
