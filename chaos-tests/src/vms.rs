@@ -107,18 +107,19 @@ impl VmHost {
 /// A failed test must not leave VMs running: kill every VMM this daemon recorded.
 impl Drop for VmHost {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.daemon.dir.path().join("vms")) else { return };
-        for e in entries.flatten() {
+        let records = std::fs::read_dir(self.daemon.dir.path().join("vms")).into_iter().flatten().flatten();
+        for e in records {
             let record: serde_json::Value = std::fs::read(e.path().join("vm.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
             if let Some(pid) = record["running"]["pid"].as_i64() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // And no bridge or NAT table of its own is left on the host.
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &self.bridge]).output();
     }
 }

@@ -47,7 +47,7 @@ async fn bridge_nat_and_taps_are_created_idempotently_and_removed() {
     }
     assert!(ip(&["addr", "show", "dev", "bangerht1"]).contains("inet 10.251.7.1/24"));
     let rules = String::from_utf8_lossy(
-        &Command::new("nft").args(["list", "table", "ip", "banger"]).output().unwrap().stdout,
+        &Command::new("nft").args(["list", "table", "ip", "bangerht1"]).output().unwrap().stdout,
     )
     .into_owned();
     assert!(rules.contains("ip saddr 10.251.7.0/24 ip daddr != 10.251.7.0/24 masquerade"), "{rules}");
@@ -76,6 +76,8 @@ async fn bridge_nat_and_taps_are_created_idempotently_and_removed() {
 
     assert_eq!(c.call(&HelperRequest::RemoveNetwork(net)).await.unwrap(), HelperResponse::Ok);
     assert!(ip(&["link", "show", "dev", "bangerht1"]).is_empty());
+    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("bangerht1"), "the NAT table is gone");
 }
 
 #[tokio::test]

@@ -10,9 +10,6 @@ use std::process::{Command, Stdio};
 use protocol::{Error, ErrorKind};
 use sha2::{Digest, Sha256};
 
-/// The nftables table banger owns; nothing else is touched.
-const TABLE: &str = "banger";
-
 /// Finds a system tool without trusting PATH (the helper cleared its environment).
 fn tool(name: &str) -> Result<PathBuf, Error> {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
@@ -72,11 +69,14 @@ pub fn ensure(bridge: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), Error> {
     run("ip", &["addr", "replace", &format!("{addr}/{prefix}"), "dev", bridge], None)?;
     run("ip", &["link", "set", bridge, "up"], None)?;
     let net = network(addr, prefix);
+    // A table of banger's own per bridge (named for it): nothing else is touched, and two
+    // banger daemons on one host keep their rules apart.
+    let table = bridge;
     // Declaring then deleting the table makes the load idempotent: the rules are exactly these.
     let rules = format!(
-        "table ip {TABLE} {{}}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
+        "table ip {table} {{}}\n\
+         delete table ip {table}\n\
+         table ip {table} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {net} ip daddr != {net} masquerade\n\
@@ -97,7 +97,8 @@ pub fn remove(bridge: &str) -> Result<(), Error> {
     if exists(bridge)? {
         run("ip", &["link", "del", bridge], None)?;
     }
-    run("nft", &["-f", "-"], Some(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")))?;
+    let table = bridge;
+    run("nft", &["-f", "-"], Some(&format!("table ip {table} {{}}\ndelete table ip {table}\n")))?;
     Ok(())
 }
 
