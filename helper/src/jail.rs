@@ -125,7 +125,7 @@ impl Jails {
             // A cgroup empties a moment after its last process exits; retry briefly.
             let deadline = Instant::now() + Duration::from_secs(2);
             while cgroup.exists() && std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         Ok(())

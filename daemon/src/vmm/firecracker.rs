@@ -88,7 +88,7 @@ impl Firecracker {
             if std::time::Instant::now() > deadline {
                 return Err(Error::internal("Firecracker's API socket never answered"));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         // Firecracker's log to its own file, so it never interleaves with the guest's console.
         api::put(api, "/logger", r#"{"log_path":"/firecracker.log","level":"Info"}"#).await?;

@@ -1,0 +1,117 @@
+//! VM benchmarks on real Firecracker with the test kernel, each beside its reference:
+//! - create + start + stop through `banger`, against a bare `firecracker --no-api
+//!   --config-file` of the same VM (boot to exit), same run (target ratio ≤ 1.5);
+//! - 50 VMs started at once: time and starts/s (target ≥ 20/s);
+//! - bangerd's RSS idle and with 50 running VMs (targets ≤ 15 MiB idle, ≤ 100 KiB per VM).
+//!
+//! Run: `scripts/dev bench` (as root, with Firecracker installed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench harness: a panic is the failure report
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chaos_tests::vms::VmHost;
+use chaos_tests::{TEST_KERNEL, firecracker, rss_kib};
+
+const ROUNDS: usize = 10;
+const MANY: usize = 50;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("VM benches: run with `cargo bench -p chaos-tests` to measure");
+        return;
+    }
+    let Some(fc) = firecracker() else {
+        eprintln!("VM benches skipped: firecracker or /dev/kvm is missing");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Some(host) = rt.block_on(VmHost::start()) else {
+        eprintln!("VM benches skipped: they need root");
+        return;
+    };
+    let idle_kib = rss_kib(host.daemon.pid());
+
+    // The reference: the same VM booted to its exit by a bare Firecracker.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vm.json");
+    let json = serde_json::json!({
+        "boot-source": { "kernel_image_path": TEST_KERNEL, "boot_args": "console=ttyS0 reboot=k panic=1 banger.mode=reset" },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 32 },
+    });
+    std::fs::write(&config, json.to_string()).unwrap();
+    let raw: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let t = Instant::now();
+            let out = Command::new(&fc).args(["--no-api", "--config-file"]).arg(&config).output().unwrap();
+            assert!(out.status.success());
+            t.elapsed()
+        })
+        .collect();
+    let ours: Vec<Duration> = (0..ROUNDS)
+        .map(|i| {
+            let name = format!("bench{i}");
+            let t = Instant::now();
+            host.create(&name, "reset");
+            host.ok(&["vm", "start", &name]);
+            host.ok(&["vm", "stop", &name]);
+            let took = t.elapsed();
+            host.ok(&["vm", "rm", &name]);
+            took
+        })
+        .collect();
+    let (o, r) = (median(ours), median(raw));
+    println!("create + start + stop of a test-kernel VM, median of {ROUNDS}:");
+    println!("  banger vm create/start/stop            {:>8.1} ms", ms(o));
+    println!("  firecracker --no-api --config-file     {:>8.1} ms", ms(r));
+    let ratio = o.as_secs_f64() / r.as_secs_f64();
+    println!(
+        "  ratio banger/firecracker: {ratio:.2} (target ≤ 1.5: {})",
+        if ratio <= 1.5 { "met" } else { "MISSED" }
+    );
+
+    let names: Vec<String> = (0..MANY).map(|i| format!("many{i:02}")).collect();
+    for n in &names {
+        host.create(n, "wait");
+    }
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for n in &names {
+            let host = &host;
+            s.spawn(move || host.ok(&["vm", "start", n]));
+        }
+    });
+    let took = t.elapsed();
+    let rate = MANY as f64 / took.as_secs_f64();
+    println!(
+        "{MANY} VMs started at once: {:.0} ms, {rate:.1} starts/s (target ≥ 20/s: {})",
+        ms(took),
+        if rate >= 20.0 { "met" } else { "MISSED" }
+    );
+    let busy_kib = rss_kib(host.daemon.pid());
+    let per_vm = (busy_kib.saturating_sub(idle_kib)) as f64 / MANY as f64;
+    println!(
+        "bangerd RSS: {:.1} MiB idle (target ≤ 15: {}), {:.1} MiB with {MANY} VMs: {per_vm:.0} KiB per VM (target ≤ 100: {})",
+        idle_kib as f64 / 1024.0,
+        if idle_kib <= 15 * 1024 { "met" } else { "MISSED" },
+        busy_kib as f64 / 1024.0,
+        if per_vm <= 100.0 { "met" } else { "MISSED" }
+    );
+    std::thread::scope(|s| {
+        for n in &names {
+            let host = &host;
+            s.spawn(move || host.ok(&["vm", "stop", n]));
+        }
+    });
+}
