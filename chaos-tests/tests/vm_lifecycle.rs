@@ -211,4 +211,42 @@ async fn a_networked_vm_gets_a_tap_an_address_and_its_kernel_arguments() {
         ip,
         "a removed VM's address is free again"
     );
+
+    host.ok(&["vm", "start", "net3"]);
+    let out = host.cli(&["system", "uninstall"]);
+    assert_eq!(out.status.code(), Some(4), "refused while a VM runs");
+    host.ok(&["vm", "stop", "net3"]);
+    let out = host.ok(&["system", "uninstall"]);
+    assert_eq!(out.trim(), format!("removed bridge {b} and nftables table {b}", b = host.bridge));
+    assert!(ip_cmd(&["link", "show", "dev", &host.bridge]).is_empty(), "the bridge is gone");
+    let tables = std::process::Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains(&host.bridge), "the NAT table is gone");
+    // The next networked start sets them up again.
+    host.ok(&["vm", "start", "net3"]);
+    assert!(!ip_cmd(&["link", "show", "dev", &host.bridge]).is_empty());
+    host.ok(&["vm", "stop", "net3"]);
+}
+
+#[tokio::test]
+async fn logs_follow_the_console_until_the_vm_stops() {
+    let Some(host) = VmHost::start().await else { return };
+    host.create("chatty", "wait");
+    host.ok(&["vm", "start", "chatty"]);
+    wait_log(&host, "chatty", "waiting for ctrl-alt-del");
+    let follower = std::process::Command::new(chaos_tests::bin("banger"))
+        .arg("--state-dir")
+        .arg(host.daemon.dir.path())
+        .args(["vm", "logs", "-f", "chatty"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    host.ok(&["vm", "stop", "chatty"]);
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("waiting for ctrl-alt-del") && text.contains("got ctrl-alt-del"),
+        "followed to the end: {text}"
+    );
 }

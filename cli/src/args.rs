@@ -75,6 +75,9 @@ pub enum Command {
         #[arg(long, short)]
         force: bool,
     },
+    /// Host-wide set-up.
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Print a shell completion script, e.g. `banger completion bash > /etc/bash_completion.d/banger`.
     Completion { shell: clap_complete::Shell },
 }
@@ -317,4 +320,10 @@ pub enum KernelCommand {
     /// Remove a kernel no VM uses.
     #[command(alias = "remove")]
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Remove the VM bridge and its NAT table from the host (no VM may be running).
+    Uninstall,
 }

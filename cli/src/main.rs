@@ -38,6 +38,9 @@ fn main() -> ExitCode {
                 commands::vm::run(&cli.global, args::VmCommand::Rm { name, force }, &out).await
             }
             Command::Prune { force } => commands::vm::prune(&cli.global, force, &out).await,
+            Command::System(args::SystemCommand::Uninstall) => {
+                commands::vm::system_uninstall(&cli.global, &out).await
+            }
             Command::Completion { shell } => commands::completion::run(shell),
         }
     });

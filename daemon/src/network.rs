@@ -207,6 +207,33 @@ impl Handler<EnsureBridge> for Network {
     }
 }
 
+/// Remove the bridge and its NAT table (`banger system uninstall`).
+#[derive(Message)]
+#[rtype(result = "Result<String, Error>")]
+pub struct RemoveBridge;
+
+impl Handler<RemoveBridge> for Network {
+    type Result = ResponseActFuture<Self, Result<String, Error>>;
+    fn handle(&mut self, _: RemoveBridge, _: &mut Context<Self>) -> Self::Result {
+        let spec = NetworkSpec {
+            bridge: self.bridge.clone(),
+            host_cidr: format!("{}/{}", self.gateway(), self.prefix),
+        };
+        let supervisor = self.supervisor.clone();
+        let work = async move {
+            let helper = supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
+            let bridge = spec.bridge.clone();
+            crate::helper::call(helper, HelperRequest::RemoveNetwork(spec), None).await.map(|_| bridge)
+        };
+        Box::pin(work.into_actor(self).map(|done, act, _| {
+            if done.is_ok() {
+                act.ensured = false;
+            }
+            done
+        }))
+    }
+}
+
 impl Handler<Describe> for Network {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {

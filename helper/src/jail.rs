@@ -112,9 +112,20 @@ impl Jails {
         }
     }
 
-    /// Removes the jail dir and the cgroups the jailer made; absent is fine.
+    /// Kills a Firecracker still running in the jail (a launch whose reply was lost), then
+    /// removes the jail dir and the cgroups the jailer made; absent is fine.
     pub fn clean(&self, vm: &str) -> Result<(), Error> {
         validate::vm_name(vm)?;
+        if let Ok(pid) = read_pid(&self.root(vm)) {
+            self.kill(vm, pid)?;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Path::new(&format!("/proc/{pid}/comm")).exists()
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         let dir = self.dir(vm);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}

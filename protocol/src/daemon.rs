@@ -69,6 +69,9 @@ pub enum Request {
     KernelList,
     /// Answered with `Ok`; refused while a VM uses it. Since protocol 2.
     KernelRemove { name: String },
+    /// Remove what banger set up on the host: the bridge and its NAT table. Refused while a
+    /// VM runs. Answered with [`Response::Removed`] (what went). Since protocol 2.
+    SystemUninstall,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,3 +175,16 @@ pub async fn prune(global: &Global, force: bool, out: &Output) -> Result<(), Err
     }
     Ok(())
 }
+
+/// `banger system uninstall`: the bridge and NAT table go.
+pub async fn system_uninstall(global: &Global, out: &Output) -> Result<(), Error> {
+    let socket = global.socket();
+    let mut c = client::connect(&socket).await?;
+    client::require(&c, 2, "system uninstall")?;
+    match client::call(&mut c, &socket, &Request::SystemUninstall).await? {
+        Response::Removed(what) if out.json => out.json(&json!({ "removed": what })),
+        Response::Removed(what) => println!("removed {}", what.join(" and ")),
+        other => return Err(client::unexpected(&other)),
+    }
+    Ok(())
+}

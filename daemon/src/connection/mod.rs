@@ -129,7 +129,8 @@ async fn route(
         | Request::VmPrune
         | Request::KernelImport { .. }
         | Request::KernelList
-        | Request::KernelRemove { .. } => return vms::route(chan, request, fd, deps).await,
+        | Request::KernelRemove { .. }
+        | Request::SystemUninstall => return vms::route(chan, request, fd, deps).await,
         Request::Chaos(action) if cfg!(feature = "chaos") => return chaos(chan, action, deps).await,
         Request::ImagePull(_)
         | Request::ImageList

@@ -10,6 +10,7 @@ use protocol::{Error, ErrorKind};
 
 use super::Deps;
 use crate::kernels::{ImportKernel, ListKernels, RemoveKernel};
+use crate::network::RemoveBridge;
 use crate::supervisor::Lookup;
 use crate::vm_manager::{ConsolePath, CreateVm, Lifecycle, ListVms, RemoveVm};
 
@@ -121,6 +122,27 @@ pub async fn route(
                     Response::Removed(removed)
                 }
                 Request::VmLogs { name, follow } => return logs(chan, &vms, name, follow).await,
+                Request::SystemUninstall => {
+                    let list = vms.send(ListVms).await.unwrap_or_default();
+                    if let Some(v) = list.iter().find(|v| v.state == VmState::Running) {
+                        Response::Error(
+                            Error::new(ErrorKind::Conflict, format!("VM {} is running", v.name))
+                                .with_hint("stop every VM first: banger vm stop NAME"),
+                        )
+                    } else {
+                        match peers.network.clone() {
+                            Some(net) => {
+                                reply(net.send(RemoveBridge).await.map_err(gone).and_then(|r| r), |bridge| {
+                                    Response::Removed(vec![
+                                        format!("bridge {bridge}"),
+                                        format!("nftables table {bridge}"),
+                                    ])
+                                })
+                            }
+                            None => Response::Error(restarting("network")),
+                        }
+                    }
+                }
                 _ => Response::Error(Error::internal("not a VM request")),
             }
         }
