@@ -95,6 +95,8 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// Options for a test daemon.
 #[derive(Default)]
 pub struct DaemonOpts {
+    /// Run bangerd as this uid and gid instead of the test's own.
+    pub user: Option<(u32, u32)>,
     pub helper_socket: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub extra_args: Vec<String>,
@@ -152,6 +154,10 @@ impl TestDaemon {
             Some(p) => cmd.arg("--helper-socket").arg(p),
             None => cmd.arg("--no-helper"),
         };
+        if let Some((uid, gid)) = opts.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         cmd.args(&opts.extra_args)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -266,7 +272,13 @@ impl TestHelper {
         let s = socket.to_path_buf();
         wait_until(Duration::from_secs(10), "banger-helper to answer", || {
             let s = s.clone();
-            async move { Client::<Helper>::connect(&s, "test").await.ok().map(|_| ()) }
+            // Up is: it answers, if only to refuse us (it may serve another uid).
+            async move {
+                match Client::<Helper>::connect(&s, "test").await {
+                    Ok(_) | Err(protocol::channel::ClientError::Refused(_)) => Some(()),
+                    Err(_) => None,
+                }
+            }
         })
         .await;
         h

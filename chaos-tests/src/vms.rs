@@ -18,6 +18,11 @@ pub struct VmHost {
 impl VmHost {
     /// `None` (after saying why) where this host cannot run VMs.
     pub async fn start() -> Option<Self> {
+        Self::start_as(None).await
+    }
+
+    /// With `owner`, bangerd runs as that uid and gid (the helper stays root and serves it).
+    pub async fn start_as(owner: Option<(u32, u32)>) -> Option<Self> {
         if !capable("root", is_root(), "VMs need the root helper") {
             return None;
         }
@@ -32,12 +37,22 @@ impl VmHost {
         let dir = tempfile::Builder::new().prefix("banger-vm-test-").tempdir().expect("temp dir");
         let socket = dir.path().join("run/helper.sock");
         std::fs::create_dir_all(socket.parent().expect("run dir")).expect("run dir");
-        let helper = TestHelper::start_in(&socket, 0, dir.path()).await;
+        if let Some((uid, gid)) = owner {
+            for d in [dir.path(), socket.parent().expect("run dir")] {
+                nix::unistd::chown(
+                    d,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )
+                .expect("chown");
+            }
+        }
+        let helper = TestHelper::start_in(&socket, owner.map_or(0, |o| o.0), dir.path()).await;
         // A bridge and subnet of its own: tests run side by side on one host.
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + std::process::id() as usize % 64 * 4;
         let (bridge, subnet) = (format!("bangert{:x}", n % 0xffff), format!("10.250.{}.0/24", n % 250));
         let extra_args = vec!["--bridge".into(), bridge, "--subnet".into(), subnet];
-        let opts = DaemonOpts { helper_socket: Some(socket), extra_args, ..Default::default() };
+        let opts = DaemonOpts { helper_socket: Some(socket), extra_args, user: owner, ..Default::default() };
         let bridge = opts.extra_args[1].clone();
         let daemon = TestDaemon::start_in(dir, opts).await;
         let host = VmHost { daemon, helper, bridge };

@@ -177,3 +177,39 @@ async fn a_helper_killed_mid_start_leaks_nothing() {
         vmms.len()
     );
 }
+
+/// The daemon as an ordinary user, the helper as root serving only that user: VMs still run,
+/// jailed as that user, and stop cleanly.
+#[tokio::test]
+async fn a_non_root_daemon_runs_vms_through_the_root_helper() {
+    if !chaos_tests::capable("root", chaos_tests::is_root(), "making a second user needs root") {
+        return;
+    }
+    let owner = chaos_tests::other_user();
+    let Some(host) = VmHost::start_as(Some(owner)).await else { return };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.daemon.pid())).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:") && l.contains(&owner.0.to_string())),
+        "bangerd runs as the user"
+    );
+    host.ok(&[
+        "vm",
+        "create",
+        "mine",
+        "--image",
+        "base",
+        "--disk",
+        "96M",
+        "--kernel-arg",
+        "banger.mode=wait",
+    ]);
+    host.ok(&["vm", "start", "mine"]);
+    let pid = host.inspect("mine")["pid"].as_u64().unwrap();
+    let vmm = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        vmm.lines().any(|l| l.starts_with("Uid:") && l.contains(&owner.0.to_string())),
+        "the VMM is jailed as the user"
+    );
+    assert_eq!(host.ok(&["vm", "stop", "mine"]).trim(), "mine stopped");
+    assert_eq!(host.inspect("mine")["last_exit"], "exit code 0");
+}

@@ -27,11 +27,16 @@ impl Jails {
         self.state_dir.join("jail")
     }
 
+    fn exec_name(&self) -> String {
+        self.firecracker
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "firecracker".into())
+    }
+
     /// `<state>/jail/<exec name>/<vm>`: the jailer's own layout.
     fn dir(&self, vm: &str) -> PathBuf {
-        let exec =
-            self.firecracker.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "firecracker".into());
-        self.base().join(exec).join(vm)
+        self.base().join(self.exec_name()).join(vm)
     }
 
     /// The cgroup all of this banger's VMs go under. VM names are only unique per state dir,
@@ -83,6 +88,15 @@ impl Jails {
             )));
         }
         let root = self.root(&spec.vm);
+        // The daemon may run as its (unprivileged) owner: it must be able to reach the API
+        // socket in the jail, so the root-made directories above the jail root are
+        // traversable (0711: no listing), whatever this process's umask.
+        let mut dir = self.base();
+        for part in [self.exec_name(), spec.vm.clone()] {
+            let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+            dir = dir.join(part);
+        }
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let pid = read_pid(&root)?;
         // Firecracker's own log goes here (configured over its API), apart from the console.
         let log = root.join("firecracker.log");
