@@ -9,10 +9,11 @@ use banger_protocol::daemon::{
     ActorState, ActorStatus, ChaosAction, Request, Response, StatusReport, VersionInfo,
 };
 use banger_protocol::handshake::{Hello, MAGIC, ServerHello, ServiceKind};
-use banger_protocol::helper::{HelperRequest, HelperResponse};
+use banger_protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, NetworkSpec};
 use banger_protocol::image::{
     Credentials, ImageInfo, ImageSource, LayerProgress, PruneReport, PullEvent, PullRequest,
 };
+use banger_protocol::vm::{KernelInfo, VmCreate, VmInfo, VmSpec, VmState};
 use banger_protocol::{Error, ErrorKind};
 
 fn hex(bytes: &[u8]) -> String {
@@ -135,6 +136,90 @@ fn encoded_samples_match_snapshot() {
         Response::Ok,
         Response::Echo(vec![0xff]),
         Response::Error(error.clone()),
+    ] {
+        out += &line(&r);
+    }
+    let spec = VmSpec {
+        cpus: 2,
+        memory_mib: 1024,
+        disk_bytes: 8 << 30,
+        image: "alpine".into(),
+        kernel: "default".into(),
+        kernel_args: vec!["quiet".into()],
+        ip: Some("172.30.0.5".into()),
+        mac: Some("06:01:02:03:04:05".into()),
+    };
+    let vm = VmInfo {
+        name: "web".into(),
+        state: VmState::Failed("killed".into()),
+        spec,
+        pid: Some(42),
+        created_at: 1_800_000_000,
+        started_at: None,
+        last_exit: Some("killed".into()),
+    };
+    let create = VmCreate {
+        name: "web".into(),
+        image: "alpine".into(),
+        kernel: None,
+        cpus: Some(2),
+        memory_mib: None,
+        disk_bytes: Some(1 << 30),
+        network: true,
+        kernel_args: vec![],
+    };
+    for r in [
+        Request::VmCreate(create),
+        Request::VmStart { name: "web".into() },
+        Request::VmStop { name: "web".into(), timeout_ms: 10_000 },
+        Request::VmKill { name: "web".into() },
+        Request::VmRestart { name: "web".into(), timeout_ms: 5000 },
+        Request::VmRemove { name: "web".into(), force: true },
+        Request::VmList { all: true },
+        Request::VmInspect { name: "web".into() },
+        Request::VmLogs { name: "web".into(), follow: true },
+        Request::VmPrune,
+        Request::KernelImport { name: "default".into(), file: "vmlinux".into() },
+        Request::KernelList,
+        Request::KernelRemove { name: "default".into() },
+        Request::SystemUninstall,
+    ] {
+        out += &line(&r);
+    }
+    let kernel =
+        KernelInfo { name: "default".into(), bytes: 5000, added_at: 1_800_000_000, source: "vmlinux".into() };
+    for r in [
+        Response::Vm(vm.clone()),
+        Response::Vms(vec![vm]),
+        Response::Log(b"booted\n".to_vec()),
+        Response::Removed(vec!["web".into()]),
+        Response::Kernel(kernel.clone()),
+        Response::Kernels(vec![kernel]),
+    ] {
+        out += &line(&r);
+    }
+    let net = NetworkSpec { bridge: "banger0".into(), host_cidr: "172.30.0.1/24".into() };
+    for r in [
+        HelperRequest::EnsureNetwork(net.clone()),
+        HelperRequest::RemoveNetwork(net),
+        HelperRequest::CreateTap { vm: "web".into(), bridge: "banger0".into() },
+        HelperRequest::DeleteTap { vm: "web".into() },
+        HelperRequest::LaunchVm(LaunchSpec {
+            vm: "web".into(),
+            kernel: "/k".into(),
+            disk: Some("/d".into()),
+            cpus: 1,
+            memory_mib: 128,
+        }),
+        HelperRequest::KillVm { vm: "web".into(), pid: 42 },
+        HelperRequest::CleanJail { vm: "web".into() },
+    ] {
+        out += &line(&r);
+    }
+    for r in [
+        HelperResponse::Ok,
+        HelperResponse::Tap { name: "bgt0123456789ab".into() },
+        HelperResponse::Launched { pid: 42, jail_root: "/j".into() },
     ] {
         out += &line(&r);
     }
