@@ -149,7 +149,12 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
         other => panic!("{other:?}"),
     };
     assert!(root.starts_with(state.path().join("jail")), "{}", root.display());
-    assert!(root.join("vmlinux").is_file() && root.join("api.sock").exists());
+    assert!(root.join("vmlinux").is_file(), "the kernel is linked into the jail");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !root.join("api.sock").exists() {
+        assert!(Instant::now() < deadline, "Firecracker never made its API socket in the jail");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
         status.contains("NSpid:")

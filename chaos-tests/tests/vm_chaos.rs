@@ -213,3 +213,28 @@ async fn a_non_root_daemon_runs_vms_through_the_root_helper() {
     assert_eq!(host.ok(&["vm", "stop", "mine"]).trim(), "mine stopped");
     assert_eq!(host.inspect("mine")["last_exit"], "exit code 0");
 }
+
+/// A VM's actor that panics is replaced by the VmManager, which adopts the VM again: the VMM
+/// keeps running, and the new actor can stop it.
+#[tokio::test]
+async fn a_panicking_vm_actor_is_replaced_and_the_vm_keeps_running() {
+    use chaos_tests::protocol::daemon::{ChaosAction, Request, Response};
+    let Some(host) = VmHost::start().await else { return };
+    host.create("sturdy", "wait");
+    host.ok(&["vm", "start", "sturdy"]);
+    let pid = host.inspect("sturdy")["pid"].as_u64().unwrap();
+    let reply = host.daemon.call(&Request::Chaos(ChaosAction::Panic { actor: "vm/sturdy".into() })).await;
+    assert_eq!(reply, Response::Ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host.daemon.log_text().contains("a VM actor stopped; adopting the VM again") {
+        assert!(Instant::now() < deadline, "the VM actor was not replaced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = host.inspect("sturdy");
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_u64()),
+        (Some("Running"), Some(pid)),
+        "same VMM, still running"
+    );
+    assert_eq!(host.ok(&["vm", "stop", "sturdy"]).trim(), "sturdy stopped");
+}

@@ -205,7 +205,17 @@ async fn a_networked_vm_gets_a_tap_an_address_and_its_kernel_arguments() {
     host.ok(&["vm", "create", "net2", "--image", "base", "--disk", "96M"]);
     assert_ne!(host.inspect("net2")["spec"]["ip"].as_str().unwrap(), ip, "addresses are not shared");
     host.ok(&["vm", "rm", "net1"]);
-    host.ok(&["vm", "create", "net3", "--image", "base", "--disk", "96M"]);
+    host.ok(&[
+        "vm",
+        "create",
+        "net3",
+        "--image",
+        "base",
+        "--disk",
+        "96M",
+        "--kernel-arg",
+        "banger.mode=wait",
+    ]);
     assert_eq!(
         host.inspect("net3")["spec"]["ip"].as_str().unwrap(),
         ip,

@@ -440,6 +440,16 @@ impl Handler<Chaos> for Supervisor {
         if actor == "supervisor" && control == Control::Panic {
             panic!("chaos: injected panic in the supervisor");
         }
+        // `vm/NAME`: the VM's own actor, supervised by the VmManager.
+        if let Some(vm) = actor.strip_prefix("vm/") {
+            let vms = self.slots.iter().find_map(|s| match &s.handle.as_ref()?.peer {
+                Peer::Vms(a) => Some(a.clone()),
+                _ => None,
+            });
+            let vms = vms.ok_or_else(|| Error::new(ErrorKind::Conflict, "the VM manager is not running"))?;
+            vms.do_send(crate::vm_manager::ChaosVm { name: vm.to_string(), control });
+            return Ok(());
+        }
         let names = CHILDREN.map(Child::name).join(", ");
         let slot = self.slot(&actor).ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("no actor named {actor:?}"))

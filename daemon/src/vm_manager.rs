@@ -429,6 +429,23 @@ impl Handler<ConsolePath> for VmManager {
     }
 }
 
+/// Fault injection: sends `control` to one VM's actor (chaos builds only send it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChaosVm {
+    pub name: String,
+    pub control: crate::child::Control,
+}
+
+impl Handler<ChaosVm> for VmManager {
+    type Result = ();
+    fn handle(&mut self, msg: ChaosVm, _: &mut Context<Self>) {
+        if let Some(actor) = self.vms.get(&msg.name) {
+            actor.do_send(msg.control);
+        }
+    }
+}
+
 impl Handler<Describe> for VmManager {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {

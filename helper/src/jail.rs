@@ -98,12 +98,14 @@ impl Jails {
         }
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let pid = read_pid(&root)?;
-        // Firecracker's own log goes here (configured over its API), apart from the console.
-        let log = root.join("firecracker.log");
-        std::fs::File::create(&log)
-            .map_err(|e| Error::internal(format!("cannot create {}: {e}", log.display())))?;
-        nix::unistd::chown(&log, Some(self.uid), Some(self.gid))
-            .map_err(|e| Error::internal(format!("cannot chown {}: {e}", log.display())))?;
+        // Firecracker's own log and metrics go here (configured over its API); both must exist.
+        for name in ["firecracker.log", "metrics.json"] {
+            let file = root.join(name);
+            std::fs::File::create(&file)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", file.display())))?;
+            nix::unistd::chown(&file, Some(self.uid), Some(self.gid))
+                .map_err(|e| Error::internal(format!("cannot chown {}: {e}", file.display())))?;
+        }
         link_into(&kernel, &root.join("vmlinux"), None)?;
         if let Some(disk) = disk {
             link_into(&disk, &root.join("disk.ext4"), Some((self.uid, self.gid)))?;

@@ -334,6 +334,18 @@ impl Handler<Exited> for VmActor {
     }
 }
 
+/// Fault injection. A VM actor is not a supervised child: `Stop` ends it like a panic does,
+/// and either way its guard has the VmManager adopt the VM again.
+impl Handler<crate::child::Control> for VmActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::child::Control, ctx: &mut Context<Self>) {
+        match msg {
+            crate::child::Control::Stop => ctx.stop(),
+            crate::child::Control::Panic => panic!("chaos: injected panic in a VM actor"),
+        }
+    }
+}
+
 impl Handler<Info> for VmActor {
     type Result = MessageResult<Info>;
     fn handle(&mut self, _: Info, _: &mut Context<Self>) -> Self::Result {

@@ -92,6 +92,7 @@ impl Firecracker {
         }
         // Firecracker's log to its own file, so it never interleaves with the guest's console.
         api::put(api, "/logger", r#"{"log_path":"/firecracker.log","level":"Info"}"#).await?;
+        api::put(api, "/metrics", r#"{"metrics_path":"/metrics.json"}"#).await?;
         let boot_args = format!("console=ttyS0 reboot=k panic=1 {}", boot.kernel_args);
         api::put(
             api,
@@ -119,6 +120,8 @@ impl Firecracker {
             &json!({ "vcpu_count": boot.cpus, "mem_size_mib": boot.memory_mib }).to_string(),
         )
         .await?;
+        // The guest agent's channel: host side `vsock.sock` in the jail (CONNECT <port>).
+        api::put(api, "/vsock", r#"{"guest_cid":3,"uds_path":"/vsock.sock"}"#).await?;
         api::put(api, "/actions", r#"{"action_type":"InstanceStart"}"#).await
     }
 }
