@@ -50,14 +50,54 @@ impl KernelStore {
     }
 }
 
+fn invalid(why: &str) -> Error {
+    Error::new(ErrorKind::InvalidInput, format!("not a kernel banger can boot: {why}"))
+}
+
+/// Whether `bytes` is a bzImage (the x86 boot protocol's "HdrS" at 0x202).
+fn is_bzimage(bytes: &[u8]) -> bool {
+    bytes.get(0x202..0x206) == Some(b"HdrS")
+}
+
+/// The ELF vmlinux inside a bzImage: its payload (after the setup sectors, at the header's
+/// `payload_offset`, `payload_length` long), decompressed as gzip, xz or zstd.
+pub fn extract_bzimage(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let u32_at =
+        |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let setup_sects = match bytes.get(0x1f1) {
+        Some(0) => 4,
+        Some(n) => *n as usize,
+        None => return Err(invalid("a truncated bzImage")),
+    };
+    let start = (setup_sects + 1) * 512 + u32_at(0x248).ok_or_else(|| invalid("a truncated bzImage"))?;
+    let payload = bytes
+        .get(start..start + u32_at(0x24c).unwrap_or(0))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| invalid("a bzImage whose payload lies outside the file"))?;
+    let mut out = vec![];
+    let limited = |r: &mut dyn Read, out: &mut Vec<u8>| r.take(MAX_KERNEL + 1).read_to_end(out).map(|_| ());
+    let decoded = if payload.starts_with(&[0x1f, 0x8b]) {
+        limited(&mut flate2::read::GzDecoder::new(payload), &mut out)
+    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::read::Decoder::new(payload).and_then(|mut d| limited(&mut d, &mut out))
+    } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(payload), &mut out)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    } else {
+        return Err(invalid(
+            "a bzImage compressed with a method banger does not read (it reads gzip, xz and zstd)",
+        )
+        .with_hint("extract it with the kernel's scripts/extract-vmlinux, then import that"));
+    };
+    decoded.map_err(|e| invalid(&format!("its bzImage payload does not decompress: {e}")))?;
+    if out.len() as u64 > MAX_KERNEL {
+        return Err(invalid("its payload decompresses to over 512 MiB"));
+    }
+    Ok(out)
+}
+
 /// Checks that `head` starts an x86-64 ELF executable; explains what it is otherwise.
 pub fn check_elf(head: &[u8]) -> Result<(), Error> {
-    let invalid =
-        |why: &str| Error::new(ErrorKind::InvalidInput, format!("not a kernel banger can boot: {why}"));
-    if head.len() > 0x206 && &head[0x202..0x206] == b"HdrS" {
-        return Err(invalid("this is a bzImage; Firecracker boots the uncompressed ELF vmlinux")
-            .with_hint("extract it with the kernel's scripts/extract-vmlinux, then import that"));
-    }
     if head.len() < 20 || &head[..4] != b"\x7fELF" {
         return Err(invalid("it is not an ELF file"));
     }
@@ -82,6 +122,8 @@ fn import(dir: &Path, name: &str, source: &str, input: std::fs::File) -> Result<
     if bytes.len() as u64 > MAX_KERNEL {
         return Err(Error::new(ErrorKind::InvalidInput, "the file is over 512 MiB; that is not a kernel"));
     }
+    // A bzImage is unpacked to the ELF vmlinux Firecracker boots.
+    let bytes = if is_bzimage(&bytes) { extract_bzimage(&bytes)? } else { bytes };
     check_elf(&bytes)?;
     let staging = dir.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&staging);
@@ -202,9 +244,39 @@ mod tests {
         let mut arm = elf.clone();
         arm[18] = 0xb7;
         assert!(check_elf(&arm).is_err());
-        let mut bz = vec![0u8; 0x300];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert!(check_elf(&bz).unwrap_err().message.contains("bzImage"));
         assert!(check_elf(b"#!/bin/sh").is_err());
+    }
+
+    /// A bzImage as the boot protocol lays it out: setup sectors, then the protected-mode part
+    /// whose header fields point at the compressed payload.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut bz = vec![0u8; 2 * 512 + 64];
+        bz[0x1f1] = 1;
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x248..0x24c].copy_from_slice(&64u32.to_le_bytes());
+        bz[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        bz.extend_from_slice(payload);
+        bz
+    }
+
+    #[test]
+    fn a_bzimage_is_unpacked_to_its_elf() {
+        use std::io::Write;
+        let mut elf = vec![0u8; 4096];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[18] = 0x3e;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&elf).unwrap();
+        assert_eq!(extract_bzimage(&bzimage(&gz.finish().unwrap())).unwrap(), elf);
+        assert_eq!(extract_bzimage(&bzimage(&zstd::encode_all(&elf[..], 3).unwrap())).unwrap(), elf);
+        let mut xz = vec![];
+        lzma_rs::xz_compress(&mut &elf[..], &mut xz).unwrap();
+        assert_eq!(extract_bzimage(&bzimage(&xz)).unwrap(), elf);
+        let err = extract_bzimage(&bzimage(b"BZh91AY&SY")).unwrap_err();
+        assert!(err.message.contains("gzip, xz and zstd"), "{err:?}");
+        let mut truncated = bzimage(b"\x1f\x8b\x08");
+        truncated.truncate(0x260);
+        assert!(extract_bzimage(&truncated).is_err());
     }
 }
