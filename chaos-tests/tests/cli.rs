@@ -203,3 +203,39 @@ async fn a_version_mismatch_says_which_side_to_upgrade() {
     assert!(err.contains("hint: upgrade banger 0.1.0 to match bangerd 9.0.0"), "{err}");
     assert!(server.await.unwrap().is_err(), "the fake server saw the refusal too");
 }
+
+#[tokio::test]
+async fn vm_defaults_come_from_the_settings_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bangerd.toml"),
+        "[vm]\ncpus = 1\nmemory_mib = 64\ndisk_bytes = 100663296\n",
+    )
+    .unwrap();
+    let d = chaos_tests::TestDaemon::start_in(dir, chaos_tests::DaemonOpts::default()).await;
+    let ok = |args: &[&str]| {
+        let out = d.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    ok(&["kernel", "import", chaos_tests::TEST_KERNEL, "--name", "default"]);
+    let tar = d.dir.path().join("rootfs.tar");
+    std::fs::write(&tar, chaos_tests::oci::LayerTar::default().file("x", b"x").bytes()).unwrap();
+    ok(&["image", "import", tar.to_str().unwrap(), "--name", "base"]);
+    let line = ok(&["vm", "create", "a", "--image", "base", "--no-net"]);
+    assert_eq!(line.trim(), "vm a: 1 vCPU, 64 MiB, 96.0 MiB disk, image base, kernel default, no network");
+    let line = ok(&["vm", "create", "b", "--image", "base", "--no-net", "--cpus", "2"]);
+    assert!(line.starts_with("vm b: 2 vCPU, 64 MiB"), "a flag wins over the file: {line}");
+
+    // A mistyped key is an error at start, not a silently ignored setting.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(bad.path().join("bangerd.toml"), "[vm]\ncpu = 1\n").unwrap();
+    let out = std::process::Command::new(chaos_tests::bin("bangerd"))
+        .arg("--state-dir")
+        .arg(bad.path())
+        .arg("--no-helper")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown field `cpu`"), "{}", stderr(&out));
+}

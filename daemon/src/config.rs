@@ -38,16 +38,20 @@ pub struct Args {
     /// A registry (host[:port]) to reach over plain HTTP; repeatable. Loopback ones always are.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
-    /// The bridge VMs attach to.
-    #[arg(long, default_value = "banger0")]
-    pub bridge: String,
+    /// The bridge VMs attach to (default banger0).
+    #[arg(long)]
+    pub bridge: Option<String>,
     /// The VM subnet, e.g. 172.30.0.0/24 (default: the first of banger's that no host route
     /// overlaps). The host is .1 on the bridge.
     #[arg(long)]
     pub subnet: Option<String>,
-    /// Refuse an image whose uncompressed content exceeds this many bytes.
-    #[arg(long, default_value_t = 64 << 30)]
-    pub max_image_bytes: u64,
+    /// Refuse an image whose uncompressed content exceeds this many bytes (default 64 GiB).
+    #[arg(long)]
+    pub max_image_bytes: Option<u64>,
+    /// A settings file (TOML; see docs/config.md). Default: `bangerd.toml` in the state dir
+    /// (`/etc/banger/bangerd.toml` for the system service). Flags win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub log_format: LogFormat,
     /// error, warning, info, debug or trace.
@@ -72,11 +76,66 @@ pub struct Config {
     pub bridge: String,
     /// The subnet's network address and prefix length.
     pub subnet: (std::net::Ipv4Addr, u8),
+    /// VM defaults the settings file gives (the host's own fill the gaps).
+    pub vm_defaults: VmDefaults,
+}
+
+/// `bangerd.toml`: every key optional; flags win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub vm: VmDefaults,
+    #[serde(default)]
+    pub network: NetworkFile,
+    #[serde(default)]
+    pub images: ImagesFile,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefaults {
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub disk_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    pub bridge: Option<String>,
+    pub subnet: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesFile {
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    pub max_image_bytes: Option<u64>,
+}
+
+impl File {
+    /// Reads the settings file; a missing default one is empty, a missing named one an error.
+    pub fn load(path: &std::path::Path, named: bool) -> Result<File, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => Ok(File::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
 }
 
 impl Config {
     pub fn from_args(args: &Args) -> Result<Self, String> {
         let layout = Layout::resolve(args.state_dir.as_deref(), args.system);
+        let file = match &args.config {
+            Some(path) => File::load(path, true)?,
+            None if args.system && args.state_dir.is_none() => {
+                File::load(std::path::Path::new("/etc/banger/bangerd.toml"), false)?
+            }
+            None => File::load(&layout.state_dir.join("bangerd.toml"), false)?,
+        };
         let socket = args.socket.clone().unwrap_or_else(|| layout.daemon_socket());
         let group = match &args.group {
             None => None,
@@ -99,13 +158,14 @@ impl Config {
             owner: Uid::effective(),
             group,
             helper_socket,
-            insecure_registries: args.insecure_registries.clone(),
-            max_image_bytes: args.max_image_bytes,
-            bridge: args.bridge.clone(),
-            subnet: match &args.subnet {
+            insecure_registries: [args.insecure_registries.clone(), file.images.insecure_registries].concat(),
+            max_image_bytes: args.max_image_bytes.or(file.images.max_image_bytes).unwrap_or(64 << 30),
+            bridge: args.bridge.clone().or(file.network.bridge).unwrap_or_else(|| "banger0".into()),
+            subnet: match args.subnet.as_ref().or(file.network.subnet.as_ref()) {
                 Some(s) => parse_subnet(s)?,
                 None => crate::network::pick_subnet(&crate::network::host_routes()),
             },
+            vm_defaults: file.vm,
         })
     }
 }
@@ -121,4 +181,25 @@ fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     }
     let mask = u32::MAX << (32 - prefix);
     Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_files_are_strict_and_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bangerd.toml");
+        assert!(File::load(&path, false).unwrap().vm.cpus.is_none(), "a missing default file is empty");
+        assert!(File::load(&path, true).is_err(), "a named file must exist");
+        std::fs::write(&path, "[vm]\ncpus = 1\nmemory_mib = 64\n[network]\nbridge = \"banger7\"\n").unwrap();
+        let f = File::load(&path, true).unwrap();
+        assert_eq!(
+            (f.vm.cpus, f.vm.memory_mib, f.network.bridge.as_deref()),
+            (Some(1), Some(64), Some("banger7"))
+        );
+        std::fs::write(&path, "[vm]\ncpu = 1\n").unwrap();
+        assert!(File::load(&path, true).unwrap_err().contains("unknown field"), "typos are errors");
+    }
 }

@@ -91,6 +91,15 @@ impl Defaults {
             .unwrap_or(2048);
         Defaults { cpus, memory_mib: (total_mib / 8).clamp(256, 1024) as u32, disk_bytes: 8 << 30 }
     }
+
+    /// The settings file's values where it gives them.
+    pub fn with(self, file: crate::config::VmDefaults) -> Self {
+        Defaults {
+            cpus: file.cpus.unwrap_or(self.cpus),
+            memory_mib: file.memory_mib.unwrap_or(self.memory_mib),
+            disk_bytes: file.disk_bytes.unwrap_or(self.disk_bytes),
+        }
+    }
 }
 
 pub struct VmManager {
@@ -116,7 +125,7 @@ impl VmManager {
             busy: HashSet::new(),
             vmm,
             supervisor,
-            defaults: Defaults::for_host(),
+            defaults: Defaults::for_host().with(cx.config.vm_defaults),
             log: cx.log,
             guard: cx.guard,
         }
