@@ -107,9 +107,20 @@ async fn a_guest_that_powers_off_by_itself_is_stopped() {
 #[tokio::test]
 async fn a_killed_vmm_fails_the_vm_and_releases_it() {
     let Some(host) = VmHost::start().await else { return };
-    host.create("victim", "wait");
+    host.ok(&[
+        "vm",
+        "create",
+        "victim",
+        "--image",
+        "base",
+        "--disk",
+        "96M",
+        "--kernel-arg",
+        "banger.mode=wait",
+    ]);
     host.ok(&["vm", "start", "victim"]);
     wait_log(&host, "victim", "waiting for ctrl-alt-del");
+    let ip = host.inspect("victim")["spec"]["ip"].as_str().unwrap().to_string();
     let pid = host.inspect("victim")["pid"].as_u64().unwrap() as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let v = wait_for(&host, "victim", "Failed");
@@ -121,8 +132,22 @@ async fn a_killed_vmm_fails_the_vm_and_releases_it() {
         assert!(Instant::now() < deadline, "the jail was not released");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A failed VM starts again.
+    // Tap and address are released too.
+    let leases = std::fs::read_to_string(host.daemon.dir.path().join("network.json")).unwrap();
+    assert!(!leases.contains("victim"), "the address went back to the pool: {leases}");
+    assert!(host.inspect("victim")["spec"]["ip"].is_null());
+    let taps = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &host.bridge])
+        .output()
+        .unwrap();
+    assert!(taps.stdout.is_empty(), "no tap is left: {}", String::from_utf8_lossy(&taps.stdout));
+    // A failed VM starts again, with an address leased anew.
     assert!(host.ok(&["vm", "start", "victim"]).starts_with("victim running"));
+    assert_eq!(
+        host.inspect("victim")["spec"]["ip"].as_str(),
+        Some(ip.as_str()),
+        "the free address comes back"
+    );
     host.ok(&["vm", "stop", "victim"]);
 }
 

@@ -134,7 +134,11 @@ impl VmManager {
     fn spawn_actor(&mut self, record: Record, ctx: &mut Context<Self>) {
         let name = record.info.name.clone();
         let paths = Paths::new(&self.vms_dir, &name);
-        let guard = VmGuard { name: name.clone(), manager: ctx.address().recipient() };
+        let guard = VmGuard {
+            name: name.clone(),
+            manager: ctx.address().recipient(),
+            failed: ctx.address().recipient(),
+        };
         let log = self.log.new(o!("vm" => name.clone()));
         let actor = VmActor::new(record, paths, self.vmm.clone(), log, guard).start();
         self.vms.insert(name, actor);
@@ -172,7 +176,10 @@ impl VmManager {
             let spec = Record::load(&paths)?.info.spec;
             let peers = supervisor.send(Lookup).await.unwrap_or_default();
             let mut kernel_args = spec.kernel_args.clone();
-            let network = match spec.ip {
+            let mut ip = None;
+            // A VM with a MAC is networked (its address is released when it fails, and leased
+            // again here).
+            let network = match spec.mac {
                 Some(_) => {
                     let net = peers.network.ok_or_else(|| restarting("network"))?;
                     net.send(EnsureBridge).await.map_err(|e| Error::internal(e.to_string()))??;
@@ -181,6 +188,7 @@ impl VmManager {
                         .await
                         .map_err(|e| Error::internal(e.to_string()))??;
                     kernel_args.push(lease.kernel_arg());
+                    ip = Some(lease.ip.to_string());
                     Some((lease.bridge, lease.mac))
                 }
                 None => None,
@@ -198,6 +206,7 @@ impl VmManager {
                 memory_mib: spec.memory_mib,
                 kernel_args: kernel_args.join(" "),
                 network,
+                ip,
             })
         }
     }
@@ -214,6 +223,25 @@ impl Actor for VmManager {
         }
         self.adopt_all(ctx);
         self.guard.started();
+    }
+}
+
+/// A VM failed: its address goes back to the pool (the next start leases one again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct VmFailed {
+    pub name: String,
+}
+
+impl Handler<VmFailed> for VmManager {
+    type Result = ();
+    fn handle(&mut self, msg: VmFailed, _: &mut Context<Self>) {
+        let supervisor = self.supervisor.clone();
+        actix::spawn(async move {
+            if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
+                net.do_send(ReleaseIp(msg.name));
+            }
+        });
     }
 }
 

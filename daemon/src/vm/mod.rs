@@ -58,6 +58,8 @@ struct Exited {
 pub struct VmGuard {
     pub name: String,
     pub manager: Recipient<crate::vm_manager::VmGone>,
+    /// Told when the VM fails, so its address is released.
+    pub failed: Recipient<crate::vm_manager::VmFailed>,
 }
 
 impl Drop for VmGuard {
@@ -71,7 +73,7 @@ pub struct VmActor {
     paths: Paths,
     vmm: Arc<dyn Vmm>,
     log: Logger,
-    _guard: VmGuard,
+    guard: VmGuard,
     /// Set when the exit about to come was asked for (stop, kill): it ends in `Stopped`.
     expected_exit: bool,
     waiters: Vec<oneshot::Sender<VmInfo>>,
@@ -79,7 +81,7 @@ pub struct VmActor {
 
 impl VmActor {
     pub fn new(record: Record, paths: Paths, vmm: Arc<dyn Vmm>, log: Logger, guard: VmGuard) -> Self {
-        VmActor { record, paths, vmm, log, _guard: guard, expected_exit: false, waiters: vec![] }
+        VmActor { record, paths, vmm, log, guard, expected_exit: false, waiters: vec![] }
     }
 
     fn name(&self) -> String {
@@ -196,6 +198,9 @@ impl Handler<Start> for VmActor {
         if !matches!(self.record.info.state, VmState::Created | VmState::Stopped | VmState::Failed(_)) {
             let e = self.conflict("start it");
             return Box::pin(async move { Err(e) }.into_actor(self));
+        }
+        if let Some(ip) = &msg.boot.ip {
+            self.record.info.spec.ip = Some(ip.clone());
         }
         self.set(VmState::Starting);
         self.expected_exit = false;
@@ -315,6 +320,9 @@ impl Handler<Exited> for VmActor {
             VmState::Stopped
         } else {
             let lines = console::tail(&self.paths.console(), 5);
+            // Its address goes back to the pool; the next start leases one again.
+            self.record.info.spec.ip = None;
+            self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
             VmState::Failed(format!("the VMM exited unexpectedly ({how}); last console lines:\n{lines}"))
         };
         self.expected_exit = false;

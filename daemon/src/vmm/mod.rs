@@ -23,6 +23,8 @@ pub struct Boot {
     pub kernel_args: String,
     /// With networking: the bridge to attach a tap to, and the guest's MAC.
     pub network: Option<(String, String)>,
+    /// The guest's address for this boot (recorded in the VM's spec).
+    pub ip: Option<String>,
 }
 
 /// A VMM process, as recorded on disk so a restarted daemon can find it again.
