@@ -214,12 +214,15 @@ async fn a_networked_vm_gets_a_tap_an_address_and_its_kernel_arguments() {
     assert_eq!(taps.len(), 1, "one tap on {}: {taps:?}", host.bridge);
     let gateway = format!("{}.1", ip.rsplit_once('.').unwrap().0);
     assert!(ip_cmd(&["addr", "show", "dev", &host.bridge]).contains(&format!("inet {gateway}/24")));
-    let fc_log = std::fs::read_to_string(host.jail("net1").join("root/firecracker.log")).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.jail("net1").join("root/vm.json")).unwrap()).unwrap();
     let expected = format!("ip={ip}::{gateway}:255.255.255.0::eth0:off:{gateway}");
-    assert!(fc_log.contains(&expected), "the kernel command line carries the address: {fc_log}");
-    assert!(
-        fc_log.contains(&mac) && fc_log.contains(&taps[0]),
-        "the interface uses the tap and MAC: {fc_log}"
+    let boot_args = config["boot-source"]["boot_args"].as_str().unwrap();
+    assert!(boot_args.contains(&expected), "the kernel command line carries the address: {boot_args}");
+    let nic = &config["network-interfaces"][0];
+    assert_eq!(
+        (nic["host_dev_name"].as_str(), nic["guest_mac"].as_str()),
+        (Some(taps[0].as_str()), Some(mac.as_str()))
     );
 
     host.ok(&["vm", "stop", "net1"]);

@@ -58,9 +58,43 @@ impl Jails {
         if !(1..=32).contains(&spec.cpus) || !(16..=1 << 20).contains(&spec.memory_mib) {
             return Err(Error::new(ErrorKind::InvalidInput, "cpus must be 1-32 and memory 16 MiB-1 TiB"));
         }
+        if spec
+            .config
+            .as_ref()
+            .is_some_and(|c| c.len() > 64 << 10 || serde_json::from_str::<serde_json::Value>(c).is_err())
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "the VM configuration is not JSON of at most 64 KiB",
+            ));
+        }
         self.clean(&spec.vm)?;
-        std::fs::create_dir_all(self.base())
-            .map_err(|e| Error::internal(format!("cannot create the jail base: {e}")))?;
+        // The jail root, made before the jailer runs so Firecracker finds its files at once: the
+        // kernel and disk linked in, its log and metrics files, its configuration.
+        let root = self.root(&spec.vm);
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::internal(format!("cannot create the jail: {e}")))?;
+        nix::unistd::chown(&root, Some(self.uid), Some(self.gid))
+            .map_err(|e| Error::internal(format!("cannot chown the jail: {e}")))?;
+        let mut dir = self.base();
+        for part in [self.exec_name(), spec.vm.clone()] {
+            // The daemon may run as its (unprivileged) owner and must reach the API socket:
+            // the directories above the jail root are traversable (0711: no listing).
+            let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+            dir = dir.join(part);
+        }
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        link_into(&kernel, &root.join("vmlinux"), None)?;
+        if let Some(disk) = &disk {
+            link_into(disk, &root.join("disk.ext4"), Some((self.uid, self.gid)))?;
+        }
+        for name in ["firecracker.log", "metrics.json"] {
+            let file = root.join(name);
+            std::fs::File::create(&file)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", file.display())))?;
+            nix::unistd::chown(&file, Some(self.uid), Some(self.gid))
+                .map_err(|e| Error::internal(format!("cannot chown {}: {e}", file.display())))?;
+        }
         let (stdout, stderr) = match console {
             Some(fd) => {
                 let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
@@ -68,6 +102,15 @@ impl Jails {
             }
             None => (Stdio::null(), Stdio::null()),
         };
+        let mut firecracker_args = vec!["--api-sock".to_string(), "/api.sock".to_string()];
+        if let Some(config) = &spec.config {
+            let file = root.join("vm.json");
+            std::fs::write(&file, config)
+                .map_err(|e| Error::internal(format!("cannot write the VM configuration: {e}")))?;
+            nix::unistd::chown(&file, Some(self.uid), Some(self.gid))
+                .map_err(|e| Error::internal(format!("cannot chown {}: {e}", file.display())))?;
+            firecracker_args.extend(["--config-file".into(), "/vm.json".into()]);
+        }
         let status = Command::new(&self.jailer)
             .args(["--id", &spec.vm, "--exec-file"])
             .arg(&self.firecracker)
@@ -75,7 +118,8 @@ impl Jails {
             .arg(self.base())
             .args(cgroups(spec))
             .args(["--parent-cgroup", &self.parent_cgroup()])
-            .args(["--new-pid-ns", "--", "--api-sock", "/api.sock"])
+            .args(["--new-pid-ns", "--"])
+            .args(&firecracker_args)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -87,29 +131,7 @@ impl Jails {
                 "the jailer failed ({status}); the VM's console log says why"
             )));
         }
-        let root = self.root(&spec.vm);
-        // The daemon may run as its (unprivileged) owner: it must be able to reach the API
-        // socket in the jail, so the root-made directories above the jail root are
-        // traversable (0711: no listing), whatever this process's umask.
-        let mut dir = self.base();
-        for part in [self.exec_name(), spec.vm.clone()] {
-            let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
-            dir = dir.join(part);
-        }
-        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let pid = read_pid(&root)?;
-        // Firecracker's own log and metrics go here (configured over its API); both must exist.
-        for name in ["firecracker.log", "metrics.json"] {
-            let file = root.join(name);
-            std::fs::File::create(&file)
-                .map_err(|e| Error::internal(format!("cannot create {}: {e}", file.display())))?;
-            nix::unistd::chown(&file, Some(self.uid), Some(self.gid))
-                .map_err(|e| Error::internal(format!("cannot chown {}: {e}", file.display())))?;
-        }
-        link_into(&kernel, &root.join("vmlinux"), None)?;
-        if let Some(disk) = disk {
-            link_into(&disk, &root.join("disk.ext4"), Some((self.uid, self.gid)))?;
-        }
         Ok((pid, root))
     }
 

@@ -50,6 +50,9 @@ pub struct LaunchSpec {
     pub disk: Option<String>,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Firecracker's JSON configuration, written into the jail as `/vm.json` so it boots
+    /// without API round trips. Its paths are inside the jail (`/vmlinux`, `/disk.ext4`).
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

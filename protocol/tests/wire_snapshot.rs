@@ -210,6 +210,7 @@ fn encoded_samples_match_snapshot() {
             disk: Some("/d".into()),
             cpus: 1,
             memory_mib: 128,
+            config: Some("{}".into()),
         }),
         HelperRequest::KillVm { vm: "web".into(), pid: 42 },
         HelperRequest::CleanJail { vm: "web".into() },

@@ -60,6 +60,7 @@ impl Firecracker {
             disk: Some(boot.disk.display().to_string()),
             cpus: boot.cpus,
             memory_mib: boot.memory_mib,
+            config: Some(config(boot, tap).to_string()),
         };
         let (pid, root) = match self.helper(HelperRequest::LaunchVm(spec), Some(console)).await? {
             HelperResponse::Launched { pid, jail_root } => (pid, PathBuf::from(jail_root)),
@@ -75,55 +76,43 @@ impl Firecracker {
         Ok(running)
     }
 
+    /// Waits until the API answers: Firecracker booted from its configuration file, and a stop
+    /// must find the socket ready.
     async fn configure(
         &self,
-        boot: &Boot,
-        tap: Option<&(String, String)>,
+        _: &Boot,
+        _: Option<&(String, String)>,
         running: &Running,
     ) -> Result<(), Error> {
-        let api = &running.control;
-        // The socket appears a moment after the process starts, and answers a moment later.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !api::answers(api).await {
+        while !api::answers(&running.control).await {
             if std::time::Instant::now() > deadline {
                 return Err(Error::internal("Firecracker's API socket never answered"));
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        // Firecracker's log to its own file, so it never interleaves with the guest's console.
-        api::put(api, "/logger", r#"{"log_path":"/firecracker.log","level":"Info"}"#).await?;
-        api::put(api, "/metrics", r#"{"metrics_path":"/metrics.json"}"#).await?;
-        let boot_args = format!("console=ttyS0 reboot=k panic=1 {}", boot.kernel_args);
-        api::put(
-            api,
-            "/boot-source",
-            &json!({ "kernel_image_path": "/vmlinux", "boot_args": boot_args.trim() }).to_string(),
-        )
-        .await?;
-        api::put(
-            api,
-            "/drives/rootfs",
-            &json!({ "drive_id": "rootfs", "path_on_host": "/disk.ext4", "is_root_device": true, "is_read_only": false }).to_string(),
-        )
-        .await?;
-        if let Some((tap, mac)) = tap {
-            api::put(
-                api,
-                "/network-interfaces/eth0",
-                &json!({ "iface_id": "eth0", "host_dev_name": tap, "guest_mac": mac }).to_string(),
-            )
-            .await?;
-        }
-        api::put(
-            api,
-            "/machine-config",
-            &json!({ "vcpu_count": boot.cpus, "mem_size_mib": boot.memory_mib }).to_string(),
-        )
-        .await?;
-        // The guest agent's channel: host side `vsock.sock` in the jail (CONNECT <port>).
-        api::put(api, "/vsock", r#"{"guest_cid":3,"uds_path":"/vsock.sock"}"#).await?;
-        api::put(api, "/actions", r#"{"action_type":"InstanceStart"}"#).await
+        Ok(())
     }
+}
+
+/// Firecracker's configuration file: everything it needs to boot at once. Its log and metrics
+/// go to their own files in the jail, apart from the console; the vsock's host side is
+/// `vsock.sock` in the jail (the guest agent's channel).
+fn config(boot: &Boot, tap: Option<&(String, String)>) -> serde_json::Value {
+    let boot_args = format!("console=ttyS0 reboot=k panic=1 {}", boot.kernel_args);
+    let interfaces: Vec<serde_json::Value> = tap
+        .iter()
+        .map(|(tap, mac)| json!({ "iface_id": "eth0", "host_dev_name": tap, "guest_mac": mac }))
+        .collect();
+    json!({
+        "boot-source": { "kernel_image_path": "/vmlinux", "boot_args": boot_args.trim() },
+        "drives": [{ "drive_id": "rootfs", "path_on_host": "/disk.ext4", "is_root_device": true, "is_read_only": false }],
+        "network-interfaces": interfaces,
+        "machine-config": { "vcpu_count": boot.cpus, "mem_size_mib": boot.memory_mib },
+        "vsock": { "guest_cid": 3, "uds_path": "/vsock.sock" },
+        "logger": { "log_path": "/firecracker.log", "level": "Info" },
+        "metrics": { "metrics_path": "/metrics.json" },
+    })
 }
 
 impl Vmm for Firecracker {
