@@ -13,21 +13,9 @@ use std::time::{Duration, Instant};
 
 use chaos_tests::oci::{self, Compression, Format, LayerTar};
 use chaos_tests::registry::TestRegistry;
-use chaos_tests::{TestDaemon, banger};
+use chaos_tests::{TestDaemon, banger, noise};
 
 const ROUNDS: usize = 3;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Four layers of ~30 MB each: many small text files (they compress) and six 4 MiB binary ones
 /// (they do not), so the blobs add up to ~100 MB.

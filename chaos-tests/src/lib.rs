@@ -360,3 +360,16 @@ pub fn firecracker() -> Option<PathBuf> {
         .find(|p| p.is_file())?;
     Path::new("/dev/kvm").exists().then_some(bin)
 }
+
+/// Deterministic bytes that do not compress (so sizes on the wire are what they look like).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -10,20 +10,7 @@ use std::time::{Duration, Instant};
 use chaos_tests::oci::{self, Compression, Format, LayerTar};
 use chaos_tests::proxy::TestProxy;
 use chaos_tests::registry::{self, TestRegistry};
-use chaos_tests::{DaemonOpts, TestDaemon, bin, capable, is_root, stderr, stdout, verify_blob_cache};
-
-/// Deterministic bytes that do not compress (so sizes on the wire are what they look like).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use chaos_tests::{DaemonOpts, TestDaemon, bin, capable, is_root, noise, stderr, stdout, verify_blob_cache};
 
 fn registry_or_skip() -> Option<TestRegistry> {
     capable("registry", registry::available(), "docker-registry is not installed").then(TestRegistry::start)

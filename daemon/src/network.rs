@@ -185,25 +185,37 @@ impl Handler<ReleaseIp> for Network {
     }
 }
 
+impl Network {
+    /// Asks the helper to create (or remove) the bridge and NAT; remembers whether they exist.
+    fn bridge_request(&mut self, create: bool) -> ResponseActFuture<Self, Result<String, Error>> {
+        let spec = NetworkSpec {
+            bridge: self.bridge.clone(),
+            host_cidr: format!("{}/{}", self.gateway(), self.prefix),
+        };
+        let bridge = spec.bridge.clone();
+        let request =
+            if create { HelperRequest::EnsureNetwork(spec) } else { HelperRequest::RemoveNetwork(spec) };
+        let supervisor = self.supervisor.clone();
+        let work = async move {
+            let helper = supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
+            crate::helper::call(helper, request, None).await.map(|_| bridge)
+        };
+        Box::pin(work.into_actor(self).map(move |done, act, _| {
+            if done.is_ok() {
+                act.ensured = create;
+            }
+            done
+        }))
+    }
+}
+
 impl Handler<EnsureBridge> for Network {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
     fn handle(&mut self, _: EnsureBridge, _: &mut Context<Self>) -> Self::Result {
         if self.ensured {
             return Box::pin(async { Ok(()) }.into_actor(self));
         }
-        let spec = NetworkSpec {
-            bridge: self.bridge.clone(),
-            host_cidr: format!("{}/{}", self.gateway(), self.prefix),
-        };
-        let supervisor = self.supervisor.clone();
-        let work = async move {
-            let helper = supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
-            crate::helper::call(helper, HelperRequest::EnsureNetwork(spec), None).await.map(|_| ())
-        };
-        Box::pin(work.into_actor(self).map(|done, act, _| {
-            act.ensured = done.is_ok();
-            done
-        }))
+        Box::pin(self.bridge_request(true).map(|done, _, _| done.map(|_| ())))
     }
 }
 
@@ -215,22 +227,7 @@ pub struct RemoveBridge;
 impl Handler<RemoveBridge> for Network {
     type Result = ResponseActFuture<Self, Result<String, Error>>;
     fn handle(&mut self, _: RemoveBridge, _: &mut Context<Self>) -> Self::Result {
-        let spec = NetworkSpec {
-            bridge: self.bridge.clone(),
-            host_cidr: format!("{}/{}", self.gateway(), self.prefix),
-        };
-        let supervisor = self.supervisor.clone();
-        let work = async move {
-            let helper = supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
-            let bridge = spec.bridge.clone();
-            crate::helper::call(helper, HelperRequest::RemoveNetwork(spec), None).await.map(|_| bridge)
-        };
-        Box::pin(work.into_actor(self).map(|done, act, _| {
-            if done.is_ok() {
-                act.ensured = false;
-            }
-            done
-        }))
+        self.bridge_request(false)
     }
 }
 
