@@ -107,13 +107,18 @@ async fn serve(sock: UnixSeqpacket, owner: Uid, jails: Arc<Jails>) {
             }),
             privileged => {
                 let summary = format!("{privileged:?}");
+                let started = std::time::Instant::now();
                 let jails = jails.clone();
                 // Commands and file work block; keep them off the runtime's thread.
                 let outcome = tokio::task::spawn_blocking(move || act(privileged, console, owner, &jails))
                     .await
                     .unwrap_or_else(|e| Err(Error::internal(format!("the operation failed: {e}"))));
                 match outcome {
-                    Ok(reply) => reply,
+                    Ok(reply) => {
+                        let op = summary.split([' ', '(', '{']).next().unwrap_or("");
+                        log(&format!("{op} done in {:.1} ms", started.elapsed().as_secs_f64() * 1e3));
+                        reply
+                    }
                     Err(e) => {
                         log(&format!("refused or failed: {summary}: {}", e.message));
                         HelperResponse::Error(e)
