@@ -160,6 +160,17 @@ impl VmManager {
         info!(self.log, "VMs adopted"; "count" => self.vms.len());
     }
 
+    /// Gives the VM's address back to the pool. Awaiting it queues the release in the Network
+    /// actor's mailbox, ahead of any lease asked for afterwards.
+    fn release_ip(&self, vm: String) -> impl Future<Output = ()> + 'static {
+        let supervisor = self.supervisor.clone();
+        async move {
+            if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
+                net.do_send(ReleaseIp(vm));
+            }
+        }
+    }
+
     fn actor(&self, name: &str) -> Result<Addr<VmActor>, Error> {
         self.vms.get(name).cloned().ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("no VM named {name:?}"))
@@ -235,13 +246,9 @@ pub struct VmFailed {
 
 impl Handler<VmFailed> for VmManager {
     type Result = ();
-    fn handle(&mut self, msg: VmFailed, _: &mut Context<Self>) {
-        let supervisor = self.supervisor.clone();
-        actix::spawn(async move {
-            if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
-                net.do_send(ReleaseIp(msg.name));
-            }
-        });
+    /// Holds the mailbox until the release is queued, so a start that follows leases afresh.
+    fn handle(&mut self, msg: VmFailed, ctx: &mut Context<Self>) {
+        ctx.wait(self.release_ip(msg.name).into_actor(self));
     }
 }
 
@@ -357,13 +364,7 @@ impl Handler<CreateVm> for VmManager {
         Box::pin(work.into_actor(self).map(move |made, act, ctx| {
             act.busy.remove(&name);
             if made.is_err() {
-                let supervisor = act.supervisor.clone();
-                let vm = name.clone();
-                actix::spawn(async move {
-                    if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
-                        net.do_send(ReleaseIp(vm));
-                    }
-                });
+                ctx.wait(act.release_ip(name.clone()).into_actor(act));
             }
             let record = made?;
             let info = record.info.clone();
@@ -417,22 +418,19 @@ impl Handler<RemoveVm> for VmManager {
         };
         self.busy.insert(msg.name.clone());
         let name = msg.name.clone();
-        let supervisor = self.supervisor.clone();
         let paths = Paths::new(&self.vms_dir, &msg.name);
+        let release = self.release_ip(msg.name.clone());
         let work = async move {
             let gone = |e: MailboxError| Error::internal(format!("the VM's actor did not answer: {e}"));
             if msg.force {
                 actor.send(Kill).await.map_err(gone)??;
             }
             actor.send(Destroy).await.map_err(gone)??;
-            let vm = msg.name.clone();
             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&paths.dir))
                 .await
                 .map_err(|e| Error::internal(e.to_string()))?
                 .map_err(|e| Error::internal(format!("cannot remove the VM's files: {e}")))?;
-            if let Some(net) = supervisor.send(Lookup).await.ok().and_then(|p| p.network) {
-                net.do_send(ReleaseIp(vm));
-            }
+            release.await;
             Ok(())
         };
         Box::pin(work.into_actor(self).map(move |done, act, _| {
