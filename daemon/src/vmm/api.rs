@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn put(socket: &Path, path: &str, body: &str) -> Result<(), Error> {
     let fail = |why: String| Error::internal(format!("Firecracker API PUT {path}: {why}"));
     let exchange = async {
-        let mut s = UnixStream::connect(socket).await.map_err(|e| fail(format!("cannot connect: {e}")))?;
+        let mut s = connect(socket).await.map_err(|e| fail(format!("cannot connect: {e}")))?;
         let request = format!(
             "PUT {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -38,6 +38,25 @@ pub async fn put(socket: &Path, path: &str, body: &str) -> Result<(), Error> {
         .and_then(|v| v["fault_message"].as_str().map(str::to_string))
         .unwrap_or_else(|| body.to_string());
     Err(fail(format!("{status}: {fault}")))
+}
+
+/// Connects, waiting briefly for a VMM that is still bringing its API up (the socket may not
+/// exist yet, or not listen yet, just after it started).
+async fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match UnixStream::connect(socket).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Reads one HTTP reply: headers, then `Content-Length` bytes of body. Firecracker keeps the

@@ -68,30 +68,7 @@ impl Firecracker {
         };
         let running =
             Running { pid, start_time: start_time(pid).unwrap_or(0), control: root.join("api.sock") };
-        let configured = self.configure(boot, tap, &running).await;
-        if let Err(e) = configured {
-            let _ = self.kill(&boot.vm, &running).await;
-            return Err(e);
-        }
         Ok(running)
-    }
-
-    /// Waits until the API answers: Firecracker booted from its configuration file, and a stop
-    /// must find the socket ready.
-    async fn configure(
-        &self,
-        _: &Boot,
-        _: Option<&(String, String)>,
-        running: &Running,
-    ) -> Result<(), Error> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !api::answers(&running.control).await {
-            if std::time::Instant::now() > deadline {
-                return Err(Error::internal("Firecracker's API socket never answered"));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        Ok(())
     }
 }
 
