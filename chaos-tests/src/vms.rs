@@ -96,6 +96,21 @@ impl VmHost {
         ]);
     }
 
+    /// Creates a networked VM whose test kernel waits for Ctrl-Alt-Del; returns the spec line.
+    pub fn create_networked(&self, name: &str) -> String {
+        self.ok(&[
+            "vm",
+            "create",
+            name,
+            "--image",
+            "base",
+            "--disk",
+            "96M",
+            "--kernel-arg",
+            "banger.mode=wait",
+        ])
+    }
+
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["vm", "inspect", name])).expect("inspect JSON")
     }

@@ -192,17 +192,7 @@ async fn a_non_root_daemon_runs_vms_through_the_root_helper() {
         status.lines().any(|l| l.starts_with("Uid:") && l.contains(&owner.0.to_string())),
         "bangerd runs as the user"
     );
-    host.ok(&[
-        "vm",
-        "create",
-        "mine",
-        "--image",
-        "base",
-        "--disk",
-        "96M",
-        "--kernel-arg",
-        "banger.mode=wait",
-    ]);
+    host.create_networked("mine");
     host.ok(&["vm", "start", "mine"]);
     let pid = host.inspect("mine")["pid"].as_u64().unwrap();
     let vmm = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

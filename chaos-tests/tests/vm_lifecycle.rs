@@ -107,17 +107,7 @@ async fn a_guest_that_powers_off_by_itself_is_stopped() {
 #[tokio::test]
 async fn a_killed_vmm_fails_the_vm_and_releases_it() {
     let Some(host) = VmHost::start().await else { return };
-    host.ok(&[
-        "vm",
-        "create",
-        "victim",
-        "--image",
-        "base",
-        "--disk",
-        "96M",
-        "--kernel-arg",
-        "banger.mode=wait",
-    ]);
+    host.create_networked("victim");
     host.ok(&["vm", "start", "victim"]);
     wait_log(&host, "victim", "waiting for ctrl-alt-del");
     let ip = host.inspect("victim")["spec"]["ip"].as_str().unwrap().to_string();
@@ -185,17 +175,7 @@ async fn bad_requests_are_refused_with_advice() {
 #[tokio::test]
 async fn a_networked_vm_gets_a_tap_an_address_and_its_kernel_arguments() {
     let Some(host) = VmHost::start().await else { return };
-    let out = host.ok(&[
-        "vm",
-        "create",
-        "net1",
-        "--image",
-        "base",
-        "--disk",
-        "96M",
-        "--kernel-arg",
-        "banger.mode=wait",
-    ]);
+    let out = host.create_networked("net1");
     let v = host.inspect("net1");
     let ip = v["spec"]["ip"].as_str().unwrap().to_string();
     assert!(out.trim_end().ends_with(&ip), "the spec line ends with the address: {out}");
@@ -233,17 +213,7 @@ async fn a_networked_vm_gets_a_tap_an_address_and_its_kernel_arguments() {
     host.ok(&["vm", "create", "net2", "--image", "base", "--disk", "96M"]);
     assert_ne!(host.inspect("net2")["spec"]["ip"].as_str().unwrap(), ip, "addresses are not shared");
     host.ok(&["vm", "rm", "net1"]);
-    host.ok(&[
-        "vm",
-        "create",
-        "net3",
-        "--image",
-        "base",
-        "--disk",
-        "96M",
-        "--kernel-arg",
-        "banger.mode=wait",
-    ]);
+    host.create_networked("net3");
     assert_eq!(
         host.inspect("net3")["spec"]["ip"].as_str().unwrap(),
         ip,
