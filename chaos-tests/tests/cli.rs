@@ -109,6 +109,22 @@ fn daemon_start_and_stop_without_systemd() {
         assert!(helper_pid.is_some(), "the helper wrote its pid file");
     }
 
+    if is_root() {
+        // A helper that died is started again by `daemon start`; the daemon reconnects to it.
+        let old = helper_pid.as_deref().unwrap().trim().parse::<i32>().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).unwrap();
+        wait_dead(old as u32);
+        let again = banger(state, &["daemon", "start"]);
+        assert!(stdout(&again).contains("already running"), "{}", stdout(&again));
+        let new = std::fs::read_to_string(state.join("run/helper.pid")).unwrap();
+        assert_ne!(new.trim(), old.to_string(), "a new helper runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stdout(&banger(state, &["daemon", "status"])).contains("connected to banger-helper") {
+            assert!(Instant::now() < deadline, "the daemon did not reconnect to the new helper");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     let restarted = banger(state, &["daemon", "restart", "--json"]);
     let new_pid = started_pid(&restarted);
     assert_ne!(new_pid, pid);

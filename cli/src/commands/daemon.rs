@@ -128,10 +128,11 @@ fn failed_to_start(what: &str, log: &Path, why: String) -> Error {
 
 async fn start(global: &Global, args: &StartArgs, out: &Output) -> Result<(), Error> {
     let socket = global.socket();
-    if let Ok(pid) = running_pid(&socket).await {
-        return report_started(out, &socket, pid, true);
-    }
     if let Some(scope) = systemd_unit(global) {
+        // systemd starts (and restarts) both; the helper unit is pulled in by the daemon's.
+        if let Ok(pid) = running_pid(&socket).await {
+            return report_started(out, &socket, pid, true);
+        }
         systemctl(&scope, &["start", systemd::DAEMON_UNIT])?;
         let pid = wait_answering(&socket, args.timeout, || None).await?;
         return report_started(out, &socket, pid, false);
@@ -140,8 +141,13 @@ async fn start(global: &Global, args: &StartArgs, out: &Output) -> Result<(), Er
     create_run_dir(&layout.run_dir)?;
     let root = Uid::effective().is_root();
     let helper_socket = layout.helper_socket();
+    // Without systemd this is what restarts a helper that died: start it if it does not answer,
+    // even when the daemon runs (the daemon reconnects by itself).
     if root && !args.no_helper {
         start_helper(&layout.run_dir, &layout.state_dir, &helper_socket, args.timeout).await?;
+    }
+    if let Ok(pid) = running_pid(&socket).await {
+        return report_started(out, &socket, pid, true);
     }
     let mut daemon_args = vec!["--socket".to_string(), socket.display().to_string()];
     if let Some(dir) = &global.state_dir {
