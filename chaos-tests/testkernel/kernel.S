@@ -4,7 +4,8 @@
  *   banger.mode=reset (or nothing)  resets at once (i8042 command 0xfe): the VMM exits;
  *   banger.mode=wait                sleeps until Ctrl-Alt-Del arrives on the i8042 (IRQ 1
  *                                   through the 8259 PIC), prints a second marker, then
- *                                   resets: a graceful stop.
+ *                                   resets: a graceful stop;
+ *   banger.mode=hang                sleeps with interrupts off: only a kill stops it.
  * Waiting is done in 64-bit mode with `hlt` and a real interrupt, so an idle test VM costs no
  * CPU (this host's software KVM fails with KVM_EXIT_INTERNAL_ERROR delivering an interrupt
  * to a 32-bit guest, and a polling guest burns ~70 % of a core).
@@ -51,8 +52,17 @@ scan:
     jz reset32
     cmpl $0x74696177, (%esi)        /* "wait" */
     je to_long
+    cmpl $0x676e6168, (%esi)        /* "hang": ignore Ctrl-Alt-Del, so only a kill stops it */
+    je hang
     inc %esi
     jmp scan
+
+hang:
+    mov $hanging, %esi
+    call puts32
+    cli
+11: hlt
+    jmp 11b
 
 reset32:
     mov $0xfe, %al
@@ -190,6 +200,7 @@ puts64:
     .section .rodata
 booted:   .asciz "BANGER-TEST-KERNEL booted\n"
 waiting:  .asciz "BANGER-TEST-KERNEL waiting for ctrl-alt-del\n"
+hanging:  .asciz "BANGER-TEST-KERNEL hanging, ignoring ctrl-alt-del\n"
 stopping: .asciz "BANGER-TEST-KERNEL got ctrl-alt-del, resetting\n"
 
     .data

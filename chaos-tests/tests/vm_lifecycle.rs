@@ -258,3 +258,18 @@ async fn logs_follow_the_console_until_the_vm_stops() {
         "followed to the end: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_guest_that_ignores_ctrl_alt_del_is_killed_after_the_timeout() {
+    let Some(host) = VmHost::start().await else { return };
+    host.create("stubborn", "hang");
+    host.ok(&["vm", "start", "stubborn"]);
+    wait_log(&host, "stubborn", "hanging, ignoring ctrl-alt-del");
+    let t = Instant::now();
+    assert_eq!(host.ok(&["vm", "stop", "stubborn", "--timeout", "400ms"]).trim(), "stubborn stopped");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(400), "it waited for the timeout ({took:?})");
+    assert!(took < Duration::from_secs(5), "then killed it ({took:?})");
+    assert_eq!(host.inspect("stubborn")["last_exit"], "killed");
+    assert!(!host.jail("stubborn").exists());
+}
