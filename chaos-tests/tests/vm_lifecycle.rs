@@ -273,3 +273,17 @@ async fn a_guest_that_ignores_ctrl_alt_del_is_killed_after_the_timeout() {
     assert_eq!(host.inspect("stubborn")["last_exit"], "killed");
     assert!(!host.jail("stubborn").exists());
 }
+
+#[tokio::test]
+async fn an_image_a_vm_was_made_from_is_kept_unless_forced() {
+    let Some(host) = VmHost::start().await else { return };
+    host.create("user", "wait");
+    let out = host.cli(&["image", "rm", "base"]);
+    assert_eq!(out.status.code(), Some(4), "refused while a VM uses it");
+    assert!(stderr(&out).contains("image base is used by VM(s) user"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint: remove them first, or `banger image rm --force base`"));
+    assert!(host.ok(&["image", "rm", "--force", "base"]).contains("removed base"));
+    // The VM's disk is its own clone: it still starts.
+    assert!(host.ok(&["vm", "start", "user"]).starts_with("user running"));
+    host.ok(&["vm", "stop", "user"]);
+}

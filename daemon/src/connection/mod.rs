@@ -221,11 +221,28 @@ async fn image_request(
                 Err(e) => Response::Error(e),
             }
         }
-        // No VM can use an image yet; `force` will matter once VMs hold them.
-        Request::ImageRemove { name, force: _ } => {
-            match images.send(RemoveImage { name }).await.map_err(gone).and_then(|r| r) {
-                Ok(()) => Response::Ok,
-                Err(e) => Response::Error(e),
+        Request::ImageRemove { name, force } => {
+            // A VM's disk is a clone, so removing its image breaks nothing; still, a VM made
+            // from it keeps it unless the user insists.
+            let vms = match deps.supervisor.send(Lookup).await.ok().and_then(|p| p.vms) {
+                Some(vms) => vms.send(crate::vm_manager::ListVms).await.unwrap_or_default(),
+                None => vec![],
+            };
+            let users: Vec<String> =
+                vms.into_iter().filter(|v| v.spec.image == name).map(|v| v.name).collect();
+            if !force && !users.is_empty() {
+                Response::Error(
+                    Error::new(
+                        ErrorKind::Conflict,
+                        format!("image {name} is used by VM(s) {}", users.join(", ")),
+                    )
+                    .with_hint(format!("remove them first, or `banger image rm --force {name}`")),
+                )
+            } else {
+                match images.send(RemoveImage { name }).await.map_err(gone).and_then(|r| r) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::Error(e),
+                }
             }
         }
         Request::CachePrune { dry_run } => match images.send(Prune { dry_run }).await {
