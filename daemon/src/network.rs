@@ -132,6 +132,7 @@ impl Network {
         }
     }
 
+    /// Inline, like a VM's state: a lease must be on disk before its address is handed out.
     fn save(&self) -> Result<(), Error> {
         let json = serde_json::to_vec_pretty(&self.leases).map_err(|e| Error::internal(e.to_string()))?;
         write_atomic(&self.file, &json)
