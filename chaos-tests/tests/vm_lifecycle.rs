@@ -287,3 +287,21 @@ async fn an_image_a_vm_was_made_from_is_kept_unless_forced() {
     assert!(host.ok(&["vm", "start", "user"]).starts_with("user running"));
     host.ok(&["vm", "stop", "user"]);
 }
+
+#[tokio::test]
+async fn prune_removes_every_vm_that_is_not_running() {
+    let Some(host) = VmHost::start().await else { return };
+    for n in ["idle-a", "idle-b", "busy"] {
+        host.create(n, "wait");
+    }
+    host.ok(&["vm", "start", "busy"]);
+    let out = host.cli(&["prune"]);
+    assert_eq!(out.status.code(), Some(2), "no terminal, no --force: it asks for confirmation");
+    assert!(stderr(&out).contains("pass --force"), "{}", stderr(&out));
+    assert_eq!(host.ok(&["prune", "--force"]).trim(), "removed 2 VM(s): idle-a, idle-b");
+    let left: Vec<serde_json::Value> =
+        serde_json::from_str(&host.ok(&["vm", "ls", "--all", "--json"])).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["name"], "busy");
+    host.ok(&["vm", "stop", "busy"]);
+}

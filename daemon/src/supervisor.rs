@@ -175,6 +175,22 @@ impl Supervisor {
         }
     }
 
+    /// The current addresses of the children others talk to.
+    fn peers(&self) -> Peers {
+        let mut peers = Peers::default();
+        for handle in self.slots.iter().filter_map(|s| s.handle.as_ref()) {
+            match &handle.peer {
+                Peer::Images(a) => peers.images = Some(a.clone()),
+                Peer::Helper(a) => peers.helper = Some(a.clone()),
+                Peer::Kernels(a) => peers.kernels = Some(a.clone()),
+                Peer::Network(a) => peers.network = Some(a.clone()),
+                Peer::Vms(a) => peers.vms = Some(a.clone()),
+                Peer::None => {}
+            }
+        }
+        peers
+    }
+
     fn slot(&mut self, name: &str) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|s| s.name == name)
     }
@@ -412,18 +428,7 @@ impl Handler<GetStatus> for Supervisor {
 impl Handler<Lookup> for Supervisor {
     type Result = MessageResult<Lookup>;
     fn handle(&mut self, _: Lookup, _: &mut Context<Self>) -> Self::Result {
-        let mut peers = Peers::default();
-        for handle in self.slots.iter().filter_map(|s| s.handle.as_ref()) {
-            match &handle.peer {
-                Peer::Images(a) => peers.images = Some(a.clone()),
-                Peer::Helper(a) => peers.helper = Some(a.clone()),
-                Peer::Kernels(a) => peers.kernels = Some(a.clone()),
-                Peer::Network(a) => peers.network = Some(a.clone()),
-                Peer::Vms(a) => peers.vms = Some(a.clone()),
-                Peer::None => {}
-            }
-        }
-        MessageResult(peers)
+        MessageResult(self.peers())
     }
 }
 
@@ -442,11 +447,10 @@ impl Handler<Chaos> for Supervisor {
         }
         // `vm/NAME`: the VM's own actor, supervised by the VmManager.
         if let Some(vm) = actor.strip_prefix("vm/") {
-            let vms = self.slots.iter().find_map(|s| match &s.handle.as_ref()?.peer {
-                Peer::Vms(a) => Some(a.clone()),
-                _ => None,
-            });
-            let vms = vms.ok_or_else(|| Error::new(ErrorKind::Conflict, "the VM manager is not running"))?;
+            let vms = self
+                .peers()
+                .vms
+                .ok_or_else(|| Error::new(ErrorKind::Conflict, "the VM manager is not running"))?;
             vms.do_send(crate::vm_manager::ChaosVm { name: vm.to_string(), control });
             return Ok(());
         }

@@ -298,7 +298,7 @@ impl Handler<CreateVm> for VmManager {
                 .and_then(|p| p.kernels)
                 .ok_or_else(crate::kernels::unavailable)?;
             kernels.send(KernelPath(kernel.clone())).await.map_err(|e| Error::internal(e.to_string()))??;
-            let image_bytes = std::fs::metadata(&rootfs).map(|m| m.len()).map_err(|_| {
+            let image_bytes = tokio::fs::metadata(&rootfs).await.map(|m| m.len()).map_err(|_| {
                 Error::new(ErrorKind::NotFound, format!("no image named {:?}", req.image))
                     .with_hint("see `banger image ls`")
             })?;
@@ -453,6 +453,33 @@ impl Handler<ListVms> for VmManager {
             all.sort_by(|a, b| a.name.cmp(&b.name));
             all
         })
+    }
+}
+
+/// Remove every VM that is not running; answers with their names.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct PruneVms;
+
+impl Handler<PruneVms> for VmManager {
+    type Result = ResponseActFuture<Self, Vec<String>>;
+    fn handle(&mut self, _: PruneVms, ctx: &mut Context<Self>) -> Self::Result {
+        let me = ctx.address();
+        let asks: Vec<_> = self.vms.values().map(|a| a.send(Info)).collect();
+        let work = async move {
+            let mut removed = vec![];
+            for v in join_all(asks).await.into_iter().filter_map(Result::ok) {
+                let idle = matches!(v.state, VmState::Stopped | VmState::Created | VmState::Failed(_));
+                if idle
+                    && matches!(me.send(RemoveVm { name: v.name.clone(), force: false }).await, Ok(Ok(())))
+                {
+                    removed.push(v.name);
+                }
+            }
+            removed.sort();
+            removed
+        };
+        Box::pin(work.into_actor(self))
     }
 }
 

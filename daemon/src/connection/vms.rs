@@ -12,7 +12,7 @@ use super::Deps;
 use crate::kernels::{ImportKernel, ListKernels, RemoveKernel};
 use crate::network::RemoveBridge;
 use crate::supervisor::Lookup;
-use crate::vm_manager::{ConsolePath, CreateVm, Lifecycle, ListVms, RemoveVm};
+use crate::vm_manager::{ConsolePath, CreateVm, Lifecycle, ListVms, PruneVms, RemoveVm};
 
 fn reply<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
     match result {
@@ -105,22 +105,7 @@ pub async fn route(
                     let list = vms.send(ListVms).await.unwrap_or_default();
                     Response::Vms(list.into_iter().filter(|v| all || v.state == VmState::Running).collect())
                 }
-                Request::VmPrune => {
-                    let mut removed = vec![];
-                    for v in vms.send(ListVms).await.unwrap_or_default() {
-                        if matches!(v.state, VmState::Stopped | VmState::Created | VmState::Failed(_))
-                            && vms
-                                .send(RemoveVm { name: v.name.clone(), force: false })
-                                .await
-                                .map_err(gone)
-                                .and_then(|r| r)
-                                .is_ok()
-                        {
-                            removed.push(v.name);
-                        }
-                    }
-                    Response::Removed(removed)
-                }
+                Request::VmPrune => Response::Removed(vms.send(PruneVms).await.unwrap_or_default()),
                 Request::VmLogs { name, follow } => return logs(chan, &vms, name, follow).await,
                 Request::SystemUninstall => {
                     let list = vms.send(ListVms).await.unwrap_or_default();
