@@ -119,18 +119,57 @@ impl VmHost {
         self.daemon.dir.path().join("jail/firecracker").join(name)
     }
 
-    /// Whether any cgroup is left for `name` (the helper puts a state dir's VMs under
-    /// `banger-<first 12 hex of sha256(state dir)>`).
-    pub fn cgroups_left(&self, name: &str) -> Vec<PathBuf> {
+    /// The cgroup the helper puts this state dir's VMs under:
+    /// `banger-<first 12 hex of sha256(state dir)>`.
+    pub fn cgroup_parent(&self) -> String {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(self.daemon.dir.path().as_os_str().as_encoded_bytes());
-        let parent = format!("banger-{}", hex::encode(&digest[..6]));
+        format!("banger-{}", hex::encode(&digest[..6]))
+    }
+
+    /// Whether any cgroup is left for `name`.
+    pub fn cgroups_left(&self, name: &str) -> Vec<PathBuf> {
+        let parent = self.cgroup_parent();
         let root = PathBuf::from("/sys/fs/cgroup");
         [root.join(&parent), root.join("cpu").join(&parent), root.join("memory").join(&parent)]
             .into_iter()
             .map(|p| p.join(name))
             .filter(|p| p.exists())
             .collect()
+    }
+
+    /// The CPU quota (µs per 100 ms) and memory limit (bytes) of the cgroups process `pid` is
+    /// in, checking that they are `name`'s (cgroup v1 controllers, or v2).
+    pub fn cgroup_limits(&self, name: &str, pid: u64) -> (u64, u64) {
+        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+        let want = format!("/{}/{name}", self.cgroup_parent());
+        let path_of = |controller: &str| {
+            membership
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+                    (ctl.split(',').any(|c| c == controller) || ctl.is_empty()).then(|| path.to_string())
+                })
+                .unwrap_or_else(|| panic!("no {controller} cgroup in {membership}"))
+        };
+        let read = |file: PathBuf| std::fs::read_to_string(&file).expect("a cgroup file").trim().to_string();
+        let root = PathBuf::from("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            assert_eq!(path_of(""), want);
+            let dir = root.join(want.trim_start_matches('/'));
+            let cpu = read(dir.join("cpu.max"));
+            let quota = cpu.split_whitespace().next().expect("cpu.max").parse().expect("a quota");
+            (quota, read(dir.join("memory.max")).parse().expect("a limit"))
+        } else {
+            assert_eq!(path_of("cpu"), want, "the VMM runs in its cpu cgroup");
+            assert_eq!(path_of("memory"), want, "the VMM runs in its memory cgroup");
+            let dir = |c: &str| root.join(c).join(want.trim_start_matches('/'));
+            (
+                read(dir("cpu").join("cpu.cfs_quota_us")).parse().expect("a quota"),
+                read(dir("memory").join("memory.limit_in_bytes")).parse().expect("a limit"),
+            )
+        }
     }
 }
 

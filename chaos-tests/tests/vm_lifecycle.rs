@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use chaos_tests::stderr;
@@ -59,6 +60,13 @@ async fn create_start_stop_kill_restart_rm() {
     assert!(out.starts_with("web running (pid "), "{out}");
     let pid = host.inspect("web")["pid"].as_u64().unwrap();
     assert!(host.jail("web").join("root/api.sock").exists(), "it runs in its jail");
+    let spec = &host.inspect("web")["spec"];
+    let (cpus, memory) = (spec["cpus"].as_u64().unwrap(), spec["memory_mib"].as_u64().unwrap());
+    assert_eq!(
+        host.cgroup_limits("web", pid),
+        (cpus * 100_000, (memory + 64) << 20),
+        "its CPU and memory limits hold its vCPUs and memory, plus Firecracker's own"
+    );
     wait_log(&host, "web", "BANGER-TEST-KERNEL waiting for ctrl-alt-del");
     let ps = host.ok(&["ps"]);
     assert!(ps.contains("web") && ps.contains("running") && ps.contains(&pid.to_string()), "{ps}");
@@ -304,4 +312,61 @@ async fn prune_removes_every_vm_that_is_not_running() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["name"], "busy");
     host.ok(&["vm", "stop", "busy"]);
+}
+
+/// `dumpe2fs -h`: the filesystem's size in bytes.
+fn filesystem_bytes(image: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("dumpe2fs").arg("-h").arg(image).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    field("Block count:") * field("Block size:")
+}
+
+#[tokio::test]
+async fn a_vm_disk_is_its_own_clone_grown_to_its_size() {
+    let Some(host) = VmHost::start().await else { return };
+    let state = host.daemon.dir.path();
+    let rootfs = state.join("images/base/rootfs.ext4");
+    let image_bytes = std::fs::metadata(&rootfs).unwrap().len();
+    assert!(image_bytes < 96 << 20, "the test needs an image smaller than its VMs' disks");
+    host.create("one", "wait");
+    host.create("two", "wait");
+    // The image grown to 96 MiB once, kept beside it for the next VM of that size.
+    let grown = state.join(format!("images/base/rootfs-{}.ext4", 96u64 << 20));
+    assert_eq!(filesystem_bytes(&grown), 96 << 20);
+    assert_eq!(std::fs::metadata(&rootfs).unwrap().len(), image_bytes, "the image itself is untouched");
+    let mut inodes = vec![std::fs::metadata(&grown).unwrap().ino()];
+    for vm in ["one", "two"] {
+        let disk = state.join(format!("vms/{vm}/disk.ext4"));
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 96 << 20, "{vm}'s disk file");
+        assert_eq!(filesystem_bytes(&disk), 96 << 20, "{vm}'s filesystem fills its disk");
+        let fsck = std::process::Command::new("e2fsck").arg("-fn").arg(&disk).output().unwrap();
+        assert!(fsck.status.success(), "{vm}: {}", String::from_utf8_lossy(&fsck.stdout));
+        let mounted = chaos_tests::tree::Mounted::ext4(&disk);
+        assert_eq!(std::fs::read(mounted.dir.path().join("etc/hostname")).unwrap(), b"test\n");
+        inodes.push(std::fs::metadata(&disk).unwrap().ino());
+    }
+    inodes.dedup();
+    assert_eq!(inodes.len(), 3, "each VM writes to a file of its own");
+    // A VM of another size gets a base of its own; the image's size needs none.
+    host.ok(&["vm", "create", "big", "--image", "base", "--no-net", "--disk", "128M"]);
+    assert_eq!(filesystem_bytes(&state.join("vms/big/disk.ext4")), 128 << 20);
+    host.ok(&["vm", "create", "exact", "--image", "base", "--no-net", "--disk", &image_bytes.to_string()]);
+    let mut bases: Vec<String> = std::fs::read_dir(state.join("images/base"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("rootfs"))
+        .collect();
+    bases.sort();
+    let mut want = vec![format!("rootfs-{}.ext4", 128u64 << 20), format!("rootfs-{}.ext4", 96u64 << 20)];
+    want.push("rootfs.ext4".into());
+    want.sort();
+    assert_eq!(bases, want, "one grown base per size, none for the image's own");
+    assert!(host.ok(&["image", "rm", "--force", "base"]).contains("removed base"));
+    assert!(!state.join("images/base").exists(), "grown bases go with their image");
+    assert!(host.ok(&["vm", "start", "one"]).starts_with("one running"), "and the VMs keep their disks");
+    host.ok(&["vm", "stop", "one"]);
 }

@@ -1,35 +1,43 @@
-//! A VM's disk: a copy-on-write clone of the image's rootfs (FICLONE where the filesystem can),
-//! else a sparse copy, then grown to the size asked for (file and filesystem).
+//! Disks: a copy-on-write clone of a file (FICLONE where the filesystem can, else a sparse
+//! copy), and an ext4 image grown to a size (file and filesystem).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 
-/// Clones `src` to `dst` and grows it to `size` bytes (never shrinks).
-pub fn clone_and_grow(src: &Path, dst: &Path, size: u64) -> Result<(), String> {
-    let input = File::open(src).map_err(|e| format!("cannot open {}: {e}", src.display()))?;
+/// Clones `src` to a new file `dst`, synced.
+pub fn clone_file(src: &File, dst: &Path) -> Result<(), String> {
     let mut output = File::create(dst).map_err(|e| format!("cannot create {}: {e}", dst.display()))?;
     // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are open.
-    let cloned = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) } == 0;
+    let cloned = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
     if !cloned {
-        sparse_copy(input, &mut output).map_err(|e| format!("cannot copy {}: {e}", src.display()))?;
+        sparse_copy(src, &mut output).map_err(|e| format!("cannot copy to {}: {e}", dst.display()))?;
     }
-    let len = output.metadata().map_err(|e| e.to_string())?.len();
-    if size > len {
-        output.set_len(size).map_err(|e| format!("cannot grow {}: {e}", dst.display()))?;
-        output.sync_all().map_err(|e| e.to_string())?;
-        let out = Command::new(
-            crate::image_cache::flatten::find_program("resize2fs")
-                .ok_or("resize2fs is not installed (e2fsprogs)")?,
-        )
+    output.sync_all().map_err(|e| format!("cannot sync {}: {e}", dst.display()))
+}
+
+/// Grows the ext4 image at `path` to `size` bytes, file and filesystem (never shrinks).
+pub fn grow(path: &Path, size: u64) -> Result<(), String> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if file.metadata().map_err(|e| e.to_string())?.len() >= size {
+        return Ok(());
+    }
+    file.set_len(size).map_err(|e| format!("cannot grow {}: {e}", path.display()))?;
+    drop(file);
+    let resize2fs = crate::image_cache::flatten::find_program("resize2fs")
+        .ok_or("resize2fs is not installed (e2fsprogs)")?;
+    // resize2fs syncs what it wrote before it exits.
+    let out = Command::new(resize2fs)
         .arg("-f")
-        .arg(dst)
+        .arg(path)
         .output()
         .map_err(|e| format!("cannot run resize2fs: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("resize2fs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
+    if !out.status.success() {
+        return Err(format!("resize2fs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(())
 }
@@ -37,7 +45,7 @@ pub fn clone_and_grow(src: &Path, dst: &Path, size: u64) -> Result<(), String> {
 /// Copies only the data extents (SEEK_DATA/SEEK_HOLE, copied in the kernel with
 /// copy_file_range), so the copy is as sparse as the original and a mostly empty filesystem
 /// image costs only its data.
-fn sparse_copy(input: File, output: &mut File) -> std::io::Result<()> {
+fn sparse_copy(input: &File, output: &mut File) -> std::io::Result<()> {
     let len = input.metadata()?.len();
     let (src, dst) = (input.as_raw_fd(), output.as_raw_fd());
     let mut pos: i64 = 0;
@@ -64,8 +72,7 @@ fn sparse_copy(input: File, output: &mut File) -> std::io::Result<()> {
         }
         pos = hole;
     }
-    output.set_len(len)?;
-    output.sync_all()
+    output.set_len(len)
 }
 
 #[cfg(test)]
@@ -85,7 +92,7 @@ mod tests {
         f.write_all(b"tail").unwrap();
         drop(f);
         let dst = dir.path().join("dst");
-        clone_and_grow(&src, &dst, 0).unwrap();
+        clone_file(&File::open(&src).unwrap(), &dst).unwrap();
         let data = std::fs::read(&dst).unwrap();
         assert_eq!(&data[..4], b"head");
         assert_eq!(&data[data.len() - 4..], b"tail");

@@ -17,6 +17,7 @@ use slog::{Logger, info, o, warn};
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::fsutil::now;
+use crate::image_cache::BaseDisk;
 use crate::image_cache::images::ROOTFS;
 use crate::kernels::KernelPath;
 use crate::network::{EnsureBridge, LeaseIp, ReleaseIp};
@@ -345,11 +346,21 @@ impl Handler<CreateVm> for VmManager {
                 last_exit: None,
             };
             let record = Record { info, running: None };
+            let images = supervisor
+                .send(Lookup)
+                .await
+                .ok()
+                .and_then(|p| p.images)
+                .ok_or_else(crate::image_cache::unavailable)?;
+            let base = images
+                .send(BaseDisk { image: req.image.clone(), bytes: disk_bytes })
+                .await
+                .map_err(|e| Error::internal(e.to_string()))??;
             let (p, r) = (paths.clone(), record.clone());
             tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(&p.dir)
                     .map_err(|e| Error::internal(format!("cannot create {}: {e}", p.dir.display())))?;
-                let made = crate::disk::clone_and_grow(&rootfs, &p.disk(), disk_bytes)
+                let made = crate::disk::clone_file(&base, &p.disk())
                     .map_err(Error::internal)
                     .and_then(|()| r.save(&p));
                 if made.is_err() {

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use protocol::{Error, ErrorKind};
@@ -46,14 +46,10 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Erro
     }
 }
 
-fn exists(dev: &str) -> Result<bool, Error> {
-    Ok(Command::new(tool("ip")?)
-        .args(["link", "show", "dev", dev])
-        .env_clear()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success()))
+/// Whether a network device exists: sysfs lists this network namespace's devices, without
+/// running `ip` (a process start costs a millisecond or more here, on every VM's clean-up).
+fn exists(dev: &str) -> bool {
+    Path::new("/sys/class/net").join(dev).exists()
 }
 
 /// The subnet's network address in CIDR form, for the NAT rule.
@@ -63,7 +59,7 @@ fn network(addr: Ipv4Addr, prefix: u8) -> String {
 }
 
 pub fn ensure(bridge: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), Error> {
-    if !exists(bridge)? {
+    if !exists(bridge) {
         run("ip", &["link", "add", bridge, "type", "bridge"], None)?;
     }
     run("ip", &["addr", "replace", &format!("{addr}/{prefix}"), "dev", bridge], None)?;
@@ -94,7 +90,7 @@ pub fn ensure(bridge: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), Error> {
 }
 
 pub fn remove(bridge: &str) -> Result<(), Error> {
-    if exists(bridge)? {
+    if exists(bridge) {
         run("ip", &["link", "del", bridge], None)?;
     }
     let table = bridge;
@@ -109,12 +105,12 @@ pub fn tap_name(vm: &str) -> String {
 }
 
 pub fn create_tap(vm: &str, bridge: &str, owner: u32) -> Result<String, Error> {
-    if !exists(bridge)? {
+    if !exists(bridge) {
         return Err(Error::new(ErrorKind::Conflict, format!("the bridge {bridge} does not exist"))
             .with_hint("the daemon creates it first (EnsureNetwork)"));
     }
     let tap = tap_name(vm);
-    if exists(&tap)? {
+    if exists(&tap) {
         run("ip", &["link", "del", &tap], None)?;
     }
     run("ip", &["tuntap", "add", "dev", &tap, "mode", "tap", "user", &owner.to_string()], None)?;
@@ -124,7 +120,7 @@ pub fn create_tap(vm: &str, bridge: &str, owner: u32) -> Result<String, Error> {
 
 pub fn delete_tap(vm: &str) -> Result<(), Error> {
     let tap = tap_name(vm);
-    if exists(&tap)? {
+    if exists(&tap) {
         run("ip", &["link", "del", &tap], None)?;
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! `images/.tmp-*` and swapped in by rename, so a reader never sees half an image and a crash
 //! leaves only a temp dir that the next start removes.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -140,6 +141,40 @@ impl ImageStore {
         std::fs::rename(self.dir.join(name), &doomed)
             .and_then(|()| std::fs::remove_dir_all(&doomed))
             .map_err(|e| Error::internal(format!("cannot remove image {name}: {e}")))
+    }
+}
+
+impl ImageStore {
+    /// The base of a VM disk of `bytes`: the image's rootfs when that is its size, else a copy
+    /// grown to `bytes` once and kept beside it (`rootfs-<bytes>.ext4`), so each further VM of
+    /// that image and size is only a clone. Grown copies go with the image (replaced or
+    /// removed). The caller holds the name's lock.
+    pub fn base_disk(&self, name: &str, bytes: u64) -> Result<File, Error> {
+        self.get(name)?;
+        let dir = self.dir.join(name);
+        let open = |path: &Path| {
+            File::open(path).map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))
+        };
+        let rootfs = open(&dir.join(ROOTFS))?;
+        let len = rootfs.metadata().map_err(|e| Error::internal(e.to_string()))?.len();
+        if bytes <= len {
+            return Ok(rootfs);
+        }
+        let grown = dir.join(format!("rootfs-{bytes}.ext4"));
+        if grown.exists() {
+            return open(&grown);
+        }
+        // Made under a temp name, so a crash never leaves a half-grown copy under the real one.
+        let tmp = dir.join(format!(".rootfs-{bytes}.tmp"));
+        let made = crate::disk::clone_file(&rootfs, &tmp)
+            .and_then(|()| crate::disk::grow(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &grown).map_err(|e| e.to_string()));
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::internal(format!("cannot make a {bytes}-byte disk of image {name}: {e}")));
+        }
+        sync_dir(&dir);
+        open(&grown)
     }
 }
 

@@ -1,5 +1,6 @@
 //! ImageCache: owns the blob cache and the image store. Takes `StartPull`, `ListImages`,
-//! `InspectImage`, `RemoveImage`, `Prune`, and `Describe`/`Control` from the supervisor.
+//! `InspectImage`, `RemoveImage`, `Prune`, `BaseDisk` (for a VM's disk), and
+//! `Describe`/`Control` from the supervisor.
 //!
 //! Pulls run as futures in this actor's context. A prune is serialised against them here, with
 //! no locks and no blocked mailbox: it waits until the pulls in flight finish, pulls that arrive
@@ -62,6 +63,14 @@ pub struct InspectImage(pub String);
 #[rtype(result = "Result<(), Error>")]
 pub struct RemoveImage {
     pub name: String,
+}
+
+/// An open base for a VM disk of `bytes` from image `image` (see `ImageStore::base_disk`).
+#[derive(Message)]
+#[rtype(result = "Result<std::fs::File, Error>")]
+pub struct BaseDisk {
+    pub image: String,
+    pub bytes: u64,
 }
 
 #[derive(Message)]
@@ -277,6 +286,19 @@ impl Handler<RemoveImage> for ImageCache {
             // Not while a pull is installing the same name.
             let _held = locks.lock(format!("image:{}", msg.name)).await;
             off_mailbox(images, move |s| s.remove(&msg.name)).await
+        })
+    }
+}
+
+impl Handler<BaseDisk> for ImageCache {
+    type Result = ResponseFuture<Result<std::fs::File, Error>>;
+    fn handle(&mut self, msg: BaseDisk, _: &mut Context<Self>) -> Self::Result {
+        let (images, locks) = (self.pulls.images.clone(), self.pulls.locks.clone());
+        Box::pin(async move {
+            images::validate_name(&msg.image)?;
+            // Not while the image is being replaced or removed, and one grown copy at a time.
+            let _held = locks.lock(format!("image:{}", msg.image)).await;
+            off_mailbox(images, move |s| s.base_disk(&msg.image, msg.bytes)).await
         })
     }
 }

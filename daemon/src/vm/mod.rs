@@ -206,9 +206,10 @@ impl Handler<Start> for VmActor {
         }
         self.set(VmState::Starting);
         self.expected_exit = false;
-        let console = std::io::pipe().map(|(r, w)| {
+        // The VMM's end blocks (Firecracker writes its serial output plainly); ours is polled.
+        let console = tokio::net::unix::pipe::pipe().and_then(|(w, r)| {
             console::capture(r, self.paths.console());
-            OwnedFd::from(w)
+            w.into_blocking_fd()
         });
         let vmm = self.vmm.clone();
         let boot = async move {
