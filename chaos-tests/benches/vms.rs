@@ -16,12 +16,17 @@ use std::time::{Duration, Instant};
 use chaos_tests::vms::VmHost;
 use chaos_tests::{TEST_KERNEL, firecracker, rss_kib};
 
-const ROUNDS: usize = 30;
+const ROUNDS: usize = 60;
 const MANY: usize = 50;
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median(v: Vec<Duration>) -> Duration {
+    quartiles(v).1
+}
+
+/// p25, p50, p75.
+fn quartiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     v.sort();
-    v[v.len() / 2]
+    (v[v.len() / 4], v[v.len() / 2], v[v.len() * 3 / 4])
 }
 
 fn ms(d: Duration) -> f64 {
@@ -91,10 +96,20 @@ fn main() {
         phases[2].push(stopped - started);
         host.ok(&["vm", "rm", &name]);
     }
-    let (o, r) = (median(ours), median(raw));
+    let ((o25, o, o75), (r25, r, r75)) = (quartiles(ours), quartiles(raw));
     println!("create + start + stop of a test-kernel VM, median of {ROUNDS}, interleaved:");
-    println!("  banger vm create/start/stop            {:>8.1} ms", ms(o));
-    println!("  firecracker --no-api --config-file     {:>8.1} ms", ms(r));
+    println!(
+        "  banger vm create/start/stop            {:>8.1} ms (p25 {:.1}, p75 {:.1})",
+        ms(o),
+        ms(o25),
+        ms(o75)
+    );
+    println!(
+        "  firecracker --no-api --config-file     {:>8.1} ms (p25 {:.1}, p75 {:.1})",
+        ms(r),
+        ms(r25),
+        ms(r75)
+    );
     let [c, s, p] = phases.map(median);
     println!("    of which create {:.1} ms, start {:.1} ms, stop {:.1} ms (medians)", ms(c), ms(s), ms(p));
     let ratio = o.as_secs_f64() / r.as_secs_f64();

@@ -127,13 +127,13 @@ impl VmHost {
         format!("banger-{}", hex::encode(&digest[..6]))
     }
 
-    /// Whether any cgroup is left for `name`.
+    /// The cgroups left for `name`; with `""`, the state dir's parent cgroups left.
     pub fn cgroups_left(&self, name: &str) -> Vec<PathBuf> {
         let parent = self.cgroup_parent();
         let root = PathBuf::from("/sys/fs/cgroup");
         [root.join(&parent), root.join("cpu").join(&parent), root.join("memory").join(&parent)]
             .into_iter()
-            .map(|p| p.join(name))
+            .map(|p| if name.is_empty() { p } else { p.join(name) })
             .filter(|p| p.exists())
             .collect()
     }

@@ -98,6 +98,7 @@ async fn create_start_stop_kill_restart_rm() {
     assert_eq!(host.ok(&["rm", "-f", "web"]).trim(), "removed web");
     assert!(!host.daemon.dir.path().join("vms/web").exists() && !host.jail("web").exists());
     assert!(host.cgroups_left("web").is_empty());
+    assert!(host.cgroups_left("").is_empty(), "the state dir's cgroup goes with its last VM");
     let out = host.cli(&["vm", "inspect", "web"]);
     assert_eq!(out.status.code(), Some(3));
 }

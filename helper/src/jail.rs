@@ -221,10 +221,17 @@ impl Jails {
             Err(e) => return Err(Error::internal(format!("cannot remove {}: {e}", dir.display()))),
         }
         for cgroup in cgroup_dirs(&self.parent_cgroup(), vm) {
+            if !cgroup.exists() {
+                continue;
+            }
             // A cgroup empties a moment after its last process exits; retry briefly.
             let deadline = Instant::now() + Duration::from_secs(2);
             while cgroup.exists() && std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
+            }
+            // The state dir's parent goes with its last VM (it fails while others remain).
+            if let Some(parent) = cgroup.parent() {
+                let _ = std::fs::remove_dir(parent);
             }
         }
         Ok(())
