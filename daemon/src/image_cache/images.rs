@@ -142,9 +142,7 @@ impl ImageStore {
             .and_then(|()| std::fs::remove_dir_all(&doomed))
             .map_err(|e| Error::internal(format!("cannot remove image {name}: {e}")))
     }
-}
 
-impl ImageStore {
     /// The base of a VM disk of `bytes`: the image's rootfs when that is its size, else a copy
     /// grown to `bytes` once and kept beside it (`rootfs-<bytes>.ext4`), so each further VM of
     /// that image and size is only a clone. Grown copies go with the image (replaced or
