@@ -292,12 +292,8 @@ impl Handler<CreateVm> for VmManager {
         let supervisor = self.supervisor.clone();
         let work = async move {
             let kernel = req.kernel.clone().unwrap_or_else(|| "default".into());
-            let kernels = supervisor
-                .send(Lookup)
-                .await
-                .ok()
-                .and_then(|p| p.kernels)
-                .ok_or_else(crate::kernels::unavailable)?;
+            let peers = supervisor.send(Lookup).await.unwrap_or_default();
+            let kernels = peers.kernels.ok_or_else(crate::kernels::unavailable)?;
             kernels.send(KernelPath(kernel.clone())).await.map_err(|e| Error::internal(e.to_string()))??;
             let image_bytes = tokio::fs::metadata(&rootfs).await.map(|m| m.len()).map_err(|_| {
                 Error::new(ErrorKind::NotFound, format!("no image named {:?}", req.image))
@@ -317,7 +313,6 @@ impl Handler<CreateVm> for VmManager {
             }
             let lease = match req.network {
                 true => {
-                    let peers = supervisor.send(Lookup).await.unwrap_or_default();
                     let net = peers.network.ok_or_else(|| restarting("network"))?;
                     Some(
                         net.send(LeaseIp(req.name.clone()))
@@ -346,12 +341,7 @@ impl Handler<CreateVm> for VmManager {
                 last_exit: None,
             };
             let record = Record { info, running: None };
-            let images = supervisor
-                .send(Lookup)
-                .await
-                .ok()
-                .and_then(|p| p.images)
-                .ok_or_else(crate::image_cache::unavailable)?;
+            let images = peers.images.ok_or_else(crate::image_cache::unavailable)?;
             let base = images
                 .send(BaseDisk { image: req.image.clone(), bytes: disk_bytes })
                 .await
