@@ -232,3 +232,32 @@ async fn a_panicking_vm_actor_is_replaced_and_the_vm_keeps_running() {
     );
     assert_eq!(host.ok(&["vm", "stop", "sturdy"]).trim(), "sturdy stopped");
 }
+
+/// A VmManager that panics is restarted by the supervisor and adopts every VM again, once: its
+/// old VM actors go with it, so the VMM's exit is handled by one actor, the one the stop asked.
+#[tokio::test]
+async fn a_panicking_vm_manager_is_restarted_and_adopts_each_vm_once() {
+    use chaos_tests::protocol::daemon::{ChaosAction, Request, Response};
+    let Some(host) = VmHost::start().await else { return };
+    host.create("kept", "wait");
+    host.ok(&["vm", "start", "kept"]);
+    let pid = host.inspect("kept")["pid"].as_u64().unwrap();
+    let reply = host.daemon.call(&Request::Chaos(ChaosAction::Panic { actor: "vms".into() })).await;
+    assert_eq!(reply, Response::Ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.daemon.log_text().matches("re-adopted a running VMM").count() < 1 {
+        assert!(Instant::now() < deadline, "the VM was not adopted again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = host.inspect("kept");
+    assert_eq!((v["state"].as_str(), v["pid"].as_u64()), (Some("Running"), Some(pid)));
+    // Killed: an actor that did not ask for this exit would call it a failure.
+    assert_eq!(host.ok(&["vm", "kill", "kept"]).trim(), "kept stopped");
+    // Let any second actor watching the same VMM act on its exit, then read the record.
+    std::thread::sleep(Duration::from_millis(300));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.daemon.dir.path().join("vms/kept/vm.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["info"]["state"], "Stopped", "one actor handled the exit: {record}");
+    assert_eq!(host.inspect("kept")["state"], "Stopped");
+}

@@ -236,6 +236,15 @@ impl Actor for VmManager {
         self.adopt_all(ctx);
         self.guard.started();
     }
+
+    /// VM actors outlive a manager that stops (their pidfd watches hold them), and the manager
+    /// that replaces it adopts every VM again: stop them, so each VM has one actor. (A panic
+    /// runs this too.) Their VMMs keep running and are re-adopted.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for vm in self.vms.values() {
+            vm.do_send(crate::child::Control::Stop);
+        }
+    }
 }
 
 /// A VM failed: its address goes back to the pool (the next start leases one again).
