@@ -12,10 +12,15 @@ use chaos_tests::{TEST_KERNEL, capable, firecracker};
 
 fn config(dir: &std::path::Path, mode: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{mode}.json"));
+    // Firecracker's own log goes to a file: on stdout its lines interleave byte-wise with the
+    // serial console and can split the marker.
+    let log = dir.join(format!("{mode}-firecracker.log"));
+    std::fs::write(&log, "").unwrap();
     let json = serde_json::json!({
         "boot-source": { "kernel_image_path": TEST_KERNEL, "boot_args": format!("console=ttyS0 banger.mode={mode}") },
         "drives": [],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 32 },
+        "logger": { "log_path": log, "level": "Info" },
     });
     std::fs::write(&path, json.to_string()).unwrap();
     path
