@@ -1,4 +1,4 @@
-//! Small file operations every store needs: atomic writes, Unix time.
+//! Small file operations every store needs: atomic writes, directory syncs, Unix time.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,10 +13,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes the entries of `dir` (a rename, a new file) durable; best effort.
+pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 pub fn now() -> u64 {

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use protocol::image::ImageInfo;
 use protocol::{Error, ErrorKind};
 
+use crate::fsutil::sync_dir;
+
 pub const ROOTFS: &str = "rootfs.ext4";
 const META: &str = "image.json";
 
@@ -173,12 +175,6 @@ impl ImageStore {
         }
         sync_dir(&dir);
         open(&grown)
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
     }
 }
 
