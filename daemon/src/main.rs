@@ -18,6 +18,7 @@ mod logging;
 mod network;
 mod notify;
 mod peer;
+mod persist;
 mod store;
 mod supervisor;
 mod vm;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use slog::{Logger, info};
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
-use crate::fsutil::write_atomic;
+use crate::persist::Persisted;
 use crate::supervisor::{Lookup, Supervisor};
 
 /// A VM's place on the network.
@@ -56,6 +56,8 @@ struct Leases {
 
 pub struct Network {
     file: PathBuf,
+    /// The writer of `file`.
+    leases_file: Persisted,
     bridge: String,
     /// The subnet's network address and prefix; the host (gateway) is `.1`.
     net: Ipv4Addr,
@@ -105,8 +107,10 @@ pub fn host_routes() -> Vec<(Ipv4Addr, u8)> {
 impl Network {
     pub fn new(cx: ChildCtx, supervisor: Addr<Supervisor>) -> Self {
         let (net, prefix) = cx.config.subnet;
+        let file = cx.config.layout.state_dir.join("network.json");
         Network {
-            file: cx.config.layout.state_dir.join("network.json"),
+            file: file.clone(),
+            leases_file: Persisted::new(file),
             bridge: cx.config.bridge.clone(),
             net,
             prefix,
@@ -132,27 +136,45 @@ impl Network {
         }
     }
 
-    /// Inline, like a VM's state: a lease must be on disk before its address is handed out.
-    fn save(&self) -> Result<(), Error> {
+    /// Queues the leases for the disk (in order, off this thread).
+    fn save(&mut self) -> Result<(), Error> {
         let json = serde_json::to_vec_pretty(&self.leases).map_err(|e| Error::internal(e.to_string()))?;
-        write_atomic(&self.file, &json)
-            .map_err(|e| Error::internal(format!("cannot save {}: {e}", self.file.display())))
+        self.leases_file.save(json);
+        Ok(())
     }
 }
 
 impl Actor for Network {
     type Context = Context<Self>;
-    fn started(&mut self, _: &mut Context<Self>) {
-        if let Ok(bytes) = std::fs::read(&self.file) {
-            self.leases = serde_json::from_slice(&bytes).unwrap_or_default();
-        }
-        self.guard.started();
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let file = self.file.clone();
+        let read = async move { tokio::task::spawn_blocking(move || std::fs::read(file)).await };
+        // No lease is handed out before the saved ones are known.
+        ctx.wait(read.into_actor(self).map(|bytes, act, _| {
+            if let Ok(Ok(bytes)) = bytes {
+                act.leases = serde_json::from_slice(&bytes).unwrap_or_default();
+            }
+            act.guard.started();
+        }));
     }
 }
 
 impl Handler<LeaseIp> for Network {
-    type Result = Result<Lease, Error>;
+    type Result = ResponseFuture<Result<Lease, Error>>;
     fn handle(&mut self, LeaseIp(vm): LeaseIp, _: &mut Context<Self>) -> Self::Result {
+        let lease = self.lease(vm);
+        // A new lease is on disk before its address is handed out.
+        let settled = self.leases_file.settled();
+        Box::pin(async move {
+            let lease = lease?;
+            settled.await?;
+            Ok(lease)
+        })
+    }
+}
+
+impl Network {
+    fn lease(&mut self, vm: String) -> Result<Lease, Error> {
         if let Some(ip) = self.leases.leases.get(&vm) {
             return Ok(self.lease_for(&vm, *ip));
         }

@@ -21,6 +21,7 @@ use crate::image_cache::BaseDisk;
 use crate::image_cache::images::ROOTFS;
 use crate::kernels::KernelPath;
 use crate::network::{EnsureBridge, LeaseIp, ReleaseIp};
+use crate::persist::Persisted;
 use crate::supervisor::{Lookup, Supervisor};
 use crate::vm::record::{Paths, Record};
 use crate::vm::{self, Destroy, Info, Kill, Start, Stop, VmActor, VmGuard};
@@ -57,11 +58,12 @@ pub struct ListVms;
 #[rtype(result = "Result<PathBuf, Error>")]
 pub struct ConsolePath(pub String);
 
-/// A VmActor is gone (its guard's drop).
+/// A VmActor is gone (its guard's drop); `settled` resolves once its last state is on disk.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct VmGone {
     pub name: String,
+    pub settled: futures_util::future::BoxFuture<'static, Result<(), Error>>,
 }
 
 fn restarting(what: &str) -> Error {
@@ -139,23 +141,37 @@ impl VmManager {
             name: name.clone(),
             manager: ctx.address().recipient(),
             failed: ctx.address().recipient(),
+            record: Persisted::new(paths.record()),
         };
         let log = self.log.new(o!("vm" => name.clone()));
         let actor = VmActor::new(record, paths, self.vmm.clone(), log, guard).start();
         self.vms.insert(name, actor);
     }
 
+    /// Every VM record on disk (read on the blocking pool), for adoption.
+    fn load_all(&self) -> impl Future<Output = Vec<Result<Record, (String, Error)>>> + use<> {
+        let dir = self.vms_dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else { return vec![] };
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
+                .map(|name| Record::load(&Paths::new(&dir, &name)).map_err(|e| (name, e)))
+                .collect()
+        });
+        async move { read.await.unwrap_or_default() }
+    }
+
     /// Starts an actor for every VM on disk; each checks whether its VMM still runs.
-    fn adopt_all(&mut self, ctx: &mut Context<Self>) {
-        let Ok(entries) = std::fs::read_dir(&self.vms_dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || self.vms.contains_key(&name) {
-                continue;
-            }
-            match Record::load(&Paths::new(&self.vms_dir, &name)) {
-                Ok(record) => self.spawn_actor(record, ctx),
-                Err(e) => warn!(self.log, "skipping an unreadable VM"; "vm" => &name, "error" => %e.message),
+    fn adopt_all(&mut self, records: Vec<Result<Record, (String, Error)>>, ctx: &mut Context<Self>) {
+        for record in records {
+            match record {
+                Ok(record) if !self.vms.contains_key(&record.info.name) => self.spawn_actor(record, ctx),
+                Ok(_) => {}
+                Err((name, e)) => {
+                    warn!(self.log, "skipping an unreadable VM"; "vm" => &name, "error" => %e.message)
+                }
             }
         }
         info!(self.log, "VMs adopted"; "count" => self.vms.len());
@@ -179,13 +195,21 @@ impl VmManager {
         })
     }
 
-    /// Everything the VMM needs to boot `name`, from its record and the kernel store.
-    fn boot_for(&self, name: &str) -> impl Future<Output = Result<Boot, Error>> + 'static {
+    /// Everything the VMM needs to boot `name`, from its actor's record and the kernel store.
+    fn boot_for(
+        &self,
+        name: &str,
+        actor: Addr<VmActor>,
+    ) -> impl Future<Output = Result<Boot, Error>> + 'static {
         let paths = Paths::new(&self.vms_dir, name);
         let supervisor = self.supervisor.clone();
         let name = name.to_string();
         async move {
-            let spec = Record::load(&paths)?.info.spec;
+            let spec = actor
+                .send(Info)
+                .await
+                .map_err(|e| Error::internal(format!("the VM's actor did not answer: {e}")))?
+                .spec;
             let peers = supervisor.send(Lookup).await.unwrap_or_default();
             let mut kernel_args = spec.kernel_args.clone();
             let mut ip = None;
@@ -233,8 +257,11 @@ impl Actor for VmManager {
             ctx.stop();
             return;
         }
-        self.adopt_all(ctx);
-        self.guard.started();
+        // No request is served before every VM has its actor.
+        ctx.wait(self.load_all().into_actor(self).map(|records, act, ctx| {
+            act.adopt_all(records, ctx);
+            act.guard.started();
+        }));
     }
 
     /// VM actors outlive a manager that stops (their pidfd watches hold them), and the manager
@@ -269,11 +296,19 @@ impl Handler<VmGone> for VmManager {
         if self.busy.contains(&msg.name) {
             return;
         }
-        // Not a removal: the actor died. Adopt the VM again from its record.
+        // Not a removal: the actor died. Adopt the VM again from its record, once the record
+        // holds the last state it set.
         warn!(self.log, "a VM actor stopped; adopting the VM again"; "vm" => &msg.name);
-        if let Ok(record) = Record::load(&Paths::new(&self.vms_dir, &msg.name)) {
-            self.spawn_actor(record, ctx);
-        }
+        let paths = Paths::new(&self.vms_dir, &msg.name);
+        let load = async move {
+            let _ = msg.settled.await;
+            tokio::task::spawn_blocking(move || Record::load(&paths)).await.ok()
+        };
+        ctx.wait(load.into_actor(self).map(|record, act, ctx| {
+            if let Some(Ok(record)) = record {
+                act.spawn_actor(record, ctx);
+            }
+        }));
     }
 }
 
@@ -400,7 +435,7 @@ impl Handler<Lifecycle> for VmManager {
             Ok(a) => a,
             Err(e) => return Box::pin(async move { Err(e) }.into_actor(self)),
         };
-        let boot = self.boot_for(&name);
+        let boot = self.boot_for(&name, actor.clone());
         let gone = |e: MailboxError| Error::internal(format!("the VM's actor did not answer: {e}"));
         let work = async move {
             match msg {

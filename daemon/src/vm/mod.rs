@@ -6,6 +6,7 @@
 pub mod console;
 pub mod record;
 
+use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::sync::oneshot;
 
 use self::record::{Paths, Record};
 use crate::fsutil::now;
+use crate::persist::Persisted;
 use crate::vmm::{Boot, Running, Vmm};
 
 #[derive(Message)]
@@ -54,17 +56,21 @@ struct Exited {
     pid: u32,
 }
 
-/// Tells the VmManager when this actor goes, however it goes.
+/// What outlives the actor, however it goes: the VmManager is told, with a future that
+/// resolves once the record's last queued state is on disk, so a replacement reads that state.
 pub struct VmGuard {
     pub name: String,
     pub manager: Recipient<crate::vm_manager::VmGone>,
     /// Told when the VM fails, so its address is released.
     pub failed: Recipient<crate::vm_manager::VmFailed>,
+    /// The writer of `vm.json`.
+    pub record: Persisted,
 }
 
 impl Drop for VmGuard {
     fn drop(&mut self) {
-        self.manager.do_send(crate::vm_manager::VmGone { name: self.name.clone() });
+        let settled = Box::pin(self.record.settled());
+        self.manager.do_send(crate::vm_manager::VmGone { name: self.name.clone(), settled });
     }
 }
 
@@ -88,14 +94,24 @@ impl VmActor {
         self.record.info.name.clone()
     }
 
-    /// Moves to `state` and persists it before anything else happens. This is the one
-    /// synchronous write the actor makes (a few hundred bytes, ~0.4 ms with its fsyncs here):
-    /// done inline so transitions reach the disk in the order they happen.
+    /// Moves to `state` and queues the record for the disk (written in order, off this
+    /// thread). What must not happen before the state is on disk awaits `saved`.
     fn set(&mut self, state: VmState) {
         info!(self.log, "state"; "state" => %state);
         self.record.info.state = state;
-        if let Err(e) = self.record.save(&self.paths) {
-            warn!(self.log, "cannot persist the VM state"; "error" => %e.message);
+        match self.record.to_json() {
+            Ok(json) => self.guard.record.save(json),
+            Err(e) => warn!(self.log, "cannot persist the VM state"; "error" => %e.message),
+        }
+    }
+
+    /// Resolves once every state set so far is on disk (a failed write is logged).
+    fn saved(&self) -> impl Future<Output = ()> + use<> {
+        let (settled, log) = (self.guard.record.settled(), self.log.clone());
+        async move {
+            if let Err(e) = settled.await {
+                warn!(log, "cannot persist the VM state"; "error" => %e.message);
+            }
         }
     }
 
@@ -211,37 +227,56 @@ impl Handler<Start> for VmActor {
             console::capture(r, self.paths.console());
             w.into_blocking_fd()
         });
-        let vmm = self.vmm.clone();
+        let (vmm, console_log, starting) = (self.vmm.clone(), self.paths.console(), self.saved());
         let boot = async move {
-            vmm.boot(
-                msg.boot,
-                console.map_err(|e| Error::internal(format!("cannot make the console pipe: {e}")))?,
-            )
-            .await
+            // `Starting` is on disk before a VMM exists: a daemon that dies now knows to fail it.
+            starting.await;
+            let console =
+                console.map_err(|e| Error::internal(format!("cannot make the console pipe: {e}")))?;
+            let booted = vmm.boot(msg.boot, console).await;
+            if let Err(e) = &booted {
+                let lines = tokio::task::spawn_blocking(move || console::tail(&console_log, 5))
+                    .await
+                    .unwrap_or_default();
+                if !lines.is_empty() {
+                    let message = format!("{}\nlast console lines:\n{lines}", e.message);
+                    return Err(Error { message, ..e.clone() });
+                }
+            }
+            booted
         };
-        Box::pin(boot.into_actor(self).map(|booted, act, ctx| match booted {
-            Ok(running) => {
-                act.record.running = Some(running.clone());
-                act.record.info.pid = Some(running.pid);
-                act.record.info.started_at = Some(now());
-                act.set(VmState::Running);
-                act.watch(&running, ctx);
-                Ok(act.record.info.clone())
-            }
-            Err(e) => {
-                let lines = console::tail(&act.paths.console(), 5);
-                act.set(VmState::Failed(e.message.clone()));
-                let (vmm, name) = (act.vmm.clone(), act.name());
-                actix::spawn(async move {
-                    let _ = vmm.cleanup(&name).await;
-                });
-                Err(if lines.is_empty() {
-                    e
-                } else {
-                    Error { message: format!("{}\nlast console lines:\n{lines}", e.message), ..e }
+        Box::pin(
+            boot.into_actor(self)
+                .map(|booted, act, ctx| {
+                    let reply = match booted {
+                        Ok(running) => {
+                            act.record.running = Some(running.clone());
+                            act.record.info.pid = Some(running.pid);
+                            act.record.info.started_at = Some(now());
+                            act.set(VmState::Running);
+                            act.watch(&running, ctx);
+                            Ok(act.record.info.clone())
+                        }
+                        Err(e) => {
+                            act.set(VmState::Failed(e.message.clone()));
+                            let (vmm, name) = (act.vmm.clone(), act.name());
+                            actix::spawn(async move {
+                                let _ = vmm.cleanup(&name).await;
+                            });
+                            Err(e)
+                        }
+                    };
+                    (reply, act.saved())
                 })
-            }
-        }))
+                // The reply reports a state that is on disk.
+                .then(|(reply, saved), act, _| {
+                    async move {
+                        saved.await;
+                        reply
+                    }
+                    .into_actor(act)
+                }),
+        )
     }
 }
 
@@ -309,33 +344,50 @@ impl Handler<Kill> for VmActor {
 impl Handler<Exited> for VmActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Exited, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Exited, ctx: &mut Context<Self>) {
         let Some(running) = self.record.running.take_if(|r| r.pid == msg.pid) else { return };
         self.record.info.pid = None;
-        let code = self.vmm.exit_code(&running);
+        // The exit code is in the VMM's log and the reason in the console: files, read off this
+        // thread. No other message for this VM is handled meanwhile.
+        let (vmm, console_log, expected) = (self.vmm.clone(), self.paths.console(), self.expected_exit);
+        let read = tokio::task::spawn_blocking(move || {
+            let code = vmm.exit_code(&running);
+            let lines = (!expected && code != Some(0)).then(|| console::tail(&console_log, 5));
+            (code, lines)
+        });
+        let read = async move { read.await.unwrap_or((None, Some(String::new()))) };
+        ctx.wait(read.into_actor(self).map(|(code, lines), act, _| act.exited(code, lines)));
+    }
+}
+
+impl VmActor {
+    /// The VMM is gone: `Stopped` if the exit was asked for or clean, else `Failed` with the
+    /// console's last lines. Its host resources are released while the state is written; then
+    /// whoever waits for the exit is told.
+    fn exited(&mut self, code: Option<i32>, lines: Option<String>) {
         let how = match code {
             Some(c) => format!("exit code {c}"),
             None => "killed".to_string(),
         };
         self.record.info.last_exit = Some(how.clone());
-        // Asked for, or a guest that powered off cleanly: stopped. Anything else: failed.
-        let state = if self.expected_exit || code == Some(0) {
-            VmState::Stopped
-        } else {
-            let lines = console::tail(&self.paths.console(), 5);
-            // Its address goes back to the pool; the next start leases one again.
-            self.record.info.spec.ip = None;
-            self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
-            VmState::Failed(format!("the VMM exited unexpectedly ({how}); last console lines:\n{lines}"))
+        let state = match lines {
+            None => VmState::Stopped,
+            Some(lines) => {
+                // Its address goes back to the pool; the next start leases one again.
+                self.record.info.spec.ip = None;
+                self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
+                VmState::Failed(format!("the VMM exited unexpectedly ({how}); last console lines:\n{lines}"))
+            }
         };
         self.expected_exit = false;
         self.set(state);
-        let (vmm, name, log) = (self.vmm.clone(), self.name(), self.log.clone());
+        let (vmm, name, log, saved) = (self.vmm.clone(), self.name(), self.log.clone(), self.saved());
         let info = self.record.info.clone();
         let waiters = std::mem::take(&mut self.waiters);
         actix::spawn(async move {
-            // Release the jail before anyone hears the VM stopped, so a restart finds it clean.
-            if let Err(e) = vmm.cleanup(&name).await {
+            // Released before anyone hears the VM stopped, so a restart finds it clean.
+            let (cleaned, ()) = futures_util::join!(vmm.cleanup(&name), saved);
+            if let Err(e) = cleaned {
                 warn!(log, "cannot clean up after the VMM"; "error" => %e.message);
             }
             for w in waiters {
@@ -365,14 +417,18 @@ impl Handler<Info> for VmActor {
 }
 
 impl Handler<Destroy> for VmActor {
-    type Result = Result<(), Error>;
-    fn handle(&mut self, _: Destroy, ctx: &mut Context<Self>) -> Result<(), Error> {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+    fn handle(&mut self, _: Destroy, _: &mut Context<Self>) -> Self::Result {
         if self.record.running.is_some() {
-            return Err(self
+            let e = self
                 .conflict("remove it")
-                .with_hint(format!("stop it first, or `banger vm rm -f {}`", self.name())));
+                .with_hint(format!("stop it first, or `banger vm rm -f {}`", self.name()));
+            return Box::pin(async move { Err(e) }.into_actor(self));
         }
-        ctx.stop();
-        Ok(())
+        // Nothing may write `vm.json` once the manager deletes the VM's directory.
+        Box::pin(self.saved().into_actor(self).map(|(), _, ctx| {
+            ctx.stop();
+            Ok(())
+        }))
     }
 }

@@ -39,9 +39,12 @@ impl Paths {
 }
 
 impl Record {
+    pub fn to_json(&self) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec_pretty(self).map_err(|e| Error::internal(e.to_string()))
+    }
+
     pub fn save(&self, paths: &Paths) -> Result<(), Error> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::internal(e.to_string()))?;
-        write_atomic(&paths.record(), &json)
+        write_atomic(&paths.record(), &self.to_json()?)
             .map_err(|e| Error::internal(format!("cannot save VM state: {e}")))
     }
 
