@@ -75,40 +75,22 @@ impl VmHost {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `vm create NAME` from the image `base` with a 96 MiB disk and `args`; the spec line.
+    fn create_with(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["vm", "create", name, "--image", "base", "--disk", "96M"];
+        all.extend_from_slice(args);
+        self.ok(&all)
+    }
+
     /// Creates a small VM whose test kernel waits for Ctrl-Alt-Del (or resets at once).
     pub fn create(&self, name: &str, mode: &str) {
         let arg = format!("banger.mode={mode}");
-        self.ok(&[
-            "vm",
-            "create",
-            name,
-            "--image",
-            "base",
-            "--no-net",
-            "--disk",
-            "96M",
-            "--cpus",
-            "1",
-            "--memory",
-            "32",
-            "--kernel-arg",
-            &arg,
-        ]);
+        self.create_with(name, &["--no-net", "--cpus", "1", "--memory", "32", "--kernel-arg", &arg]);
     }
 
     /// Creates a networked VM whose test kernel waits for Ctrl-Alt-Del; returns the spec line.
     pub fn create_networked(&self, name: &str) -> String {
-        self.ok(&[
-            "vm",
-            "create",
-            name,
-            "--image",
-            "base",
-            "--disk",
-            "96M",
-            "--kernel-arg",
-            "banger.mode=wait",
-        ])
+        self.create_with(name, &["--kernel-arg", "banger.mode=wait"])
     }
 
     pub fn inspect(&self, name: &str) -> serde_json::Value {

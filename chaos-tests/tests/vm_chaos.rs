@@ -208,22 +208,27 @@ async fn a_non_root_daemon_runs_vms_through_the_root_helper() {
     assert_eq!(host.inspect("mine")["last_exit"], "exit code 0");
 }
 
+/// Panics the daemon's actor `actor` and waits until the log shows `then`.
+async fn panic_and_wait(host: &VmHost, actor: &str, then: &str) {
+    use chaos_tests::protocol::daemon::{ChaosAction, Request, Response};
+    let reply = host.daemon.call(&Request::Chaos(ChaosAction::Panic { actor: actor.into() })).await;
+    assert_eq!(reply, Response::Ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host.daemon.log_text().contains(then) {
+        assert!(Instant::now() < deadline, "after panicking {actor}, the log never showed {then:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A VM's actor that panics is replaced by the VmManager, which adopts the VM again: the VMM
 /// keeps running, and the new actor can stop it.
 #[tokio::test]
 async fn a_panicking_vm_actor_is_replaced_and_the_vm_keeps_running() {
-    use chaos_tests::protocol::daemon::{ChaosAction, Request, Response};
     let Some(host) = VmHost::start().await else { return };
     host.create("sturdy", "wait");
     host.ok(&["vm", "start", "sturdy"]);
     let pid = host.inspect("sturdy")["pid"].as_u64().unwrap();
-    let reply = host.daemon.call(&Request::Chaos(ChaosAction::Panic { actor: "vm/sturdy".into() })).await;
-    assert_eq!(reply, Response::Ok);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !host.daemon.log_text().contains("a VM actor stopped; adopting the VM again") {
-        assert!(Instant::now() < deadline, "the VM actor was not replaced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    panic_and_wait(&host, "vm/sturdy", "a VM actor stopped; adopting the VM again").await;
     let v = host.inspect("sturdy");
     assert_eq!(
         (v["state"].as_str(), v["pid"].as_u64()),
@@ -237,18 +242,11 @@ async fn a_panicking_vm_actor_is_replaced_and_the_vm_keeps_running() {
 /// old VM actors go with it, so the VMM's exit is handled by one actor, the one the stop asked.
 #[tokio::test]
 async fn a_panicking_vm_manager_is_restarted_and_adopts_each_vm_once() {
-    use chaos_tests::protocol::daemon::{ChaosAction, Request, Response};
     let Some(host) = VmHost::start().await else { return };
     host.create("kept", "wait");
     host.ok(&["vm", "start", "kept"]);
     let pid = host.inspect("kept")["pid"].as_u64().unwrap();
-    let reply = host.daemon.call(&Request::Chaos(ChaosAction::Panic { actor: "vms".into() })).await;
-    assert_eq!(reply, Response::Ok);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.daemon.log_text().matches("re-adopted a running VMM").count() < 1 {
-        assert!(Instant::now() < deadline, "the VM was not adopted again");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    panic_and_wait(&host, "vms", "re-adopted a running VMM").await;
     let v = host.inspect("kept");
     assert_eq!((v["state"].as_str(), v["pid"].as_u64()), (Some("Running"), Some(pid)));
     // Killed: an actor that did not ask for this exit would call it a failure.

@@ -164,11 +164,9 @@ impl Jails {
     fn enter_cgroups_v1(&self, spec: &LaunchSpec, jailer: &mut Command) -> Result<(), Error> {
         let (quota, memory) = limits(spec);
         let mut tasks = vec![];
-        for (controller, file, value) in
-            [("cpu", "cpu.cfs_quota_us", quota), ("memory", "memory.limit_in_bytes", memory)]
-        {
-            let dir = Path::new(CGROUP_ROOT).join(controller).join(self.parent_cgroup()).join(&spec.vm);
-            std::fs::create_dir_all(&dir)
+        let dirs = cgroup_dirs(&self.parent_cgroup(), &spec.vm);
+        for ((dir, (_, file)), value) in dirs.iter().zip(V1_LIMITS).zip([quota, memory]) {
+            std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("cannot create the cgroup {}: {e}", dir.display())))?;
             std::fs::write(dir.join(file), value.to_string())
                 .map_err(|e| Error::internal(format!("cannot set {file} of {}: {e}", dir.display())))?;
@@ -263,12 +261,16 @@ fn cgroups_v2(spec: &LaunchSpec) -> Vec<String> {
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// cgroup v1: the controllers a VM is limited by, each with its limit file.
+const V1_LIMITS: [(&str, &str); 2] = [("cpu", "cpu.cfs_quota_us"), ("memory", "memory.limit_in_bytes")];
+
+/// The VM's cgroups: one on v2; on v1 one per controller, in `V1_LIMITS` order.
 fn cgroup_dirs(parent: &str, vm: &str) -> Vec<PathBuf> {
     let root = PathBuf::from(CGROUP_ROOT);
     if cgroup_v2() {
         vec![root.join(parent).join(vm)]
     } else {
-        ["cpu", "memory"].iter().map(|c| root.join(c).join(parent).join(vm)).collect()
+        V1_LIMITS.iter().map(|(c, _)| root.join(c).join(parent).join(vm)).collect()
     }
 }
 
