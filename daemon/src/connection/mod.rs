@@ -7,6 +7,7 @@ mod vms;
 
 use std::os::fd::OwnedFd;
 
+use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use protocol::channel::{Channel, WireError, server_handshake};
 use protocol::daemon::{ChaosAction, Request, Response, VersionInfo};
@@ -192,7 +193,7 @@ async fn image_request(
         return chan.send(&Response::Error(image_cache::unavailable()), false).await;
     };
     let gone = |e: actix::MailboxError| Error::internal(format!("the image cache did not answer: {e}"));
-    let reply = match request {
+    let response = match request {
         Request::ImagePull(pull) => match images.send(StartPull(pull)).await {
             Ok(handle) => return stream_image(chan, handle).await,
             Err(e) => Response::Error(gone(e)),
@@ -211,16 +212,8 @@ async fn image_request(
                 Err(e) => Response::Error(gone(e)),
             }
         }
-        Request::ImageList => match images.send(ListImages).await.map_err(gone).and_then(|r| r) {
-            Ok(list) => Response::Images(list),
-            Err(e) => Response::Error(e),
-        },
-        Request::ImageInspect { name } => {
-            match images.send(InspectImage(name)).await.map_err(gone).and_then(|r| r) {
-                Ok(info) => Response::Image(info),
-                Err(e) => Response::Error(e),
-            }
-        }
+        Request::ImageList => reply(ask(&images, ListImages).await, Response::Images),
+        Request::ImageInspect { name } => reply(ask(&images, InspectImage(name)).await, Response::Image),
         Request::ImageRemove { name, force } => {
             // A VM's disk is a clone, so removing its image breaks nothing; still, a VM made
             // from it keeps it unless the user insists.
@@ -239,10 +232,7 @@ async fn image_request(
                     .with_hint(format!("remove them first, or `banger image rm --force {name}`")),
                 )
             } else {
-                match images.send(RemoveImage { name }).await.map_err(gone).and_then(|r| r) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => Response::Error(e),
-                }
+                reply(ask(&images, RemoveImage { name }).await, |()| Response::Ok)
             }
         }
         Request::CachePrune { dry_run } => match images.send(Prune { dry_run }).await {
@@ -255,7 +245,7 @@ async fn image_request(
         },
         _ => Response::Error(Error::internal("not an image request")),
     };
-    chan.send(&reply, false).await
+    chan.send(&response, false).await
 }
 
 /// Streams a pull's or an import's progress, then its result.
@@ -269,4 +259,23 @@ async fn stream_image(chan: &Channel, mut handle: image_cache::PullHandle) -> Re
         Err(_) => Response::Error(image_cache::unavailable()),
     };
     chan.send(&reply, false).await
+}
+
+/// The response for an answer: `ok` of its value, or the error.
+pub(super) fn reply<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// Sends `msg` to `addr` and waits for its answer; a dead mailbox is an internal error.
+pub(super) async fn ask<A, M, T>(addr: &Addr<A>, msg: M) -> Result<T, Error>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message<Result = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    addr.send(msg).await.map_err(|e| Error::internal(format!("the actor did not answer: {e}")))?
 }

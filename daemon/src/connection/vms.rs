@@ -1,29 +1,21 @@
 //! Routes VM and kernel requests to the VmManager and KernelStore.
 
+use std::io::SeekFrom;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::Duration;
 
 use protocol::channel::{Channel, WireError};
 use protocol::daemon::{Request, Response};
 use protocol::vm::VmState;
 use protocol::{Error, ErrorKind};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::Deps;
+use super::{Deps, ask, reply};
 use crate::kernels::{ImportKernel, ListKernels, RemoveKernel};
 use crate::network::RemoveBridge;
 use crate::supervisor::Lookup;
 use crate::vm_manager::{ConsolePath, CreateVm, Lifecycle, ListVms, PruneVms, RemoveVm};
-
-fn reply<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
-    match result {
-        Ok(v) => ok(v),
-        Err(e) => Response::Error(e),
-    }
-}
-
-fn gone(e: actix::MailboxError) -> Error {
-    Error::internal(format!("the actor did not answer: {e}"))
-}
 
 pub async fn route(
     chan: &Channel,
@@ -43,11 +35,8 @@ pub async fn route(
             match request {
                 Request::KernelImport { name, file } => match fd {
                     Some(fd) => reply(
-                        kernels
-                            .send(ImportKernel { name, source: file, input: std::fs::File::from(fd) })
-                            .await
-                            .map_err(gone)
-                            .and_then(|r| r),
+                        ask(&kernels, ImportKernel { name, source: file, input: std::fs::File::from(fd) })
+                            .await,
                         Response::Kernel,
                     ),
                     None => Response::Error(Error::new(
@@ -55,9 +44,7 @@ pub async fn route(
                         "a kernel import needs the file passed as a descriptor",
                     )),
                 },
-                Request::KernelList => {
-                    reply(kernels.send(ListKernels).await.map_err(gone).and_then(|r| r), Response::Kernels)
-                }
+                Request::KernelList => reply(ask(&kernels, ListKernels).await, Response::Kernels),
                 Request::KernelRemove { name } => {
                     let vms = match &peers.vms {
                         Some(v) => v.send(ListVms).await.unwrap_or_default(),
@@ -69,9 +56,7 @@ pub async fn route(
                             format!("VM {} uses kernel {name}", user.name),
                         ))
                     } else {
-                        reply(kernels.send(RemoveKernel(name)).await.map_err(gone).and_then(|r| r), |()| {
-                            Response::Ok
-                        })
+                        reply(ask(&kernels, RemoveKernel(name)).await, |()| Response::Ok)
                     }
                 }
                 _ => Response::Error(Error::internal("not a kernel request")),
@@ -81,25 +66,21 @@ pub async fn route(
             let Some(vms) = peers.vms else {
                 return chan.send(&Response::Error(restarting("VM manager")), false).await;
             };
-            let life = |l: Lifecycle| async { vms.send(l).await.map_err(gone).and_then(|r| r) };
             match request {
-                Request::VmCreate(create) => {
-                    reply(vms.send(CreateVm(create)).await.map_err(gone).and_then(|r| r), Response::Vm)
-                }
-                Request::VmStart { name } => reply(life(Lifecycle::Start(name)).await, Response::Vm),
-                Request::VmStop { name, timeout_ms } => {
-                    reply(life(Lifecycle::Stop(name, Duration::from_millis(timeout_ms))).await, Response::Vm)
-                }
-                Request::VmKill { name } => reply(life(Lifecycle::Kill(name)).await, Response::Vm),
-                Request::VmRestart { name, timeout_ms } => reply(
-                    life(Lifecycle::Restart(name, Duration::from_millis(timeout_ms))).await,
+                Request::VmCreate(create) => reply(ask(&vms, CreateVm(create)).await, Response::Vm),
+                Request::VmStart { name } => reply(ask(&vms, Lifecycle::Start(name)).await, Response::Vm),
+                Request::VmStop { name, timeout_ms } => reply(
+                    ask(&vms, Lifecycle::Stop(name, Duration::from_millis(timeout_ms))).await,
                     Response::Vm,
                 ),
-                Request::VmInspect { name } => reply(life(Lifecycle::Inspect(name)).await, Response::Vm),
+                Request::VmKill { name } => reply(ask(&vms, Lifecycle::Kill(name)).await, Response::Vm),
+                Request::VmRestart { name, timeout_ms } => reply(
+                    ask(&vms, Lifecycle::Restart(name, Duration::from_millis(timeout_ms))).await,
+                    Response::Vm,
+                ),
+                Request::VmInspect { name } => reply(ask(&vms, Lifecycle::Inspect(name)).await, Response::Vm),
                 Request::VmRemove { name, force } => {
-                    reply(vms.send(RemoveVm { name, force }).await.map_err(gone).and_then(|r| r), |()| {
-                        Response::Ok
-                    })
+                    reply(ask(&vms, RemoveVm { name, force }).await, |()| Response::Ok)
                 }
                 Request::VmList { all } => {
                     let list = vms.send(ListVms).await.unwrap_or_default();
@@ -116,14 +97,12 @@ pub async fn route(
                         )
                     } else {
                         match peers.network.clone() {
-                            Some(net) => {
-                                reply(net.send(RemoveBridge).await.map_err(gone).and_then(|r| r), |bridge| {
-                                    Response::Removed(vec![
-                                        format!("bridge {bridge}"),
-                                        format!("nftables table {bridge}"),
-                                    ])
-                                })
-                            }
+                            Some(net) => reply(ask(&net, RemoveBridge).await, |bridge| {
+                                Response::Removed(vec![
+                                    format!("bridge {bridge}"),
+                                    format!("nftables table {bridge}"),
+                                ])
+                            }),
                             None => Response::Error(restarting("network")),
                         }
                     }
@@ -142,37 +121,41 @@ async fn logs(
     name: String,
     follow: bool,
 ) -> Result<(), WireError> {
-    let path = match vms.send(ConsolePath(name.clone())).await.map_err(gone).and_then(|r| r) {
+    let path = match ask(vms, ConsolePath(name.clone())).await {
         Ok(p) => p,
         Err(e) => return chan.send(&Response::Error(e), false).await,
     };
-    let mut sent = 0usize;
+    let mut sent = 0;
     loop {
-        let bytes = tokio::fs::read(&path).await.unwrap_or_default();
-        if bytes.len() < sent {
-            sent = 0; // trimmed under its cap: start again from what is there
-        }
-        for chunk in bytes[sent..].chunks(32 << 10) {
-            chan.send(&Response::Log(chunk.to_vec()), true).await?;
-        }
-        sent = bytes.len();
-        if !follow {
-            break;
-        }
-        let running = vms
-            .send(Lifecycle::Inspect(name.clone()))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .is_some_and(|v| matches!(v.state, VmState::Starting | VmState::Running | VmState::Stopping));
+        // Asked before reading: what a VM wrote before it stopped is read on this last pass.
+        let running = follow
+            && ask(vms, Lifecycle::Inspect(name.clone()))
+                .await
+                .is_ok_and(|v| matches!(v.state, VmState::Starting | VmState::Running | VmState::Stopping));
+        sent = send_new(chan, &path, sent).await?;
         if !running {
-            let tail = tokio::fs::read(&path).await.unwrap_or_default();
-            if tail.len() > sent {
-                chan.send(&Response::Log(tail[sent..].to_vec()), true).await?;
-            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     chan.send(&Response::Ok, false).await
+}
+
+/// Sends what the log holds past byte `sent` (all of it if it was trimmed under its cap since);
+/// returns how far it has been sent.
+async fn send_new(chan: &Channel, path: &Path, sent: u64) -> Result<u64, WireError> {
+    let Ok(file) = tokio::fs::File::open(path).await else { return Ok(sent) };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let from = if len < sent { 0 } else { sent };
+    let mut file = file;
+    let mut new = vec![];
+    if file.seek(SeekFrom::Start(from)).await.is_err()
+        || file.take(len - from).read_to_end(&mut new).await.is_err()
+    {
+        return Ok(sent);
+    }
+    for chunk in new.chunks(32 << 10) {
+        chan.send(&Response::Log(chunk.to_vec()), true).await?;
+    }
+    Ok(from + new.len() as u64)
 }
