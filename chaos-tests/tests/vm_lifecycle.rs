@@ -166,6 +166,10 @@ async fn bad_requests_are_refused_with_advice() {
         "{}",
         stderr(&out)
     );
+    let out = host.cli(&["vm", "create", "x", "--image", "base", "--no-net", "--disk", "1M"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("a 1 MiB disk cannot hold image base"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint: pass --disk "), "{}", stderr(&out));
     host.create("dup", "wait");
     let out = host.cli(&["vm", "create", "dup", "--image", "base", "--no-net"]);
     assert_eq!(out.status.code(), Some(4));

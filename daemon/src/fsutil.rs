@@ -1,8 +1,11 @@
-//! Small file operations every store needs: atomic writes, directory syncs, Unix time.
+//! Small file operations every store needs: atomic writes, directory syncs, file work run off
+//! an actor's thread, Unix time.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::Error;
 
 /// Writes `bytes` to `path` via a temp file, fsync and rename: readers see old or new, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -22,6 +25,15 @@ pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Runs file work on the blocking pool, so no actor's thread waits on the disk.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("a file task failed: {e}"))))
 }
 
 pub fn now() -> u64 {

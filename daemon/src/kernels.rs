@@ -11,7 +11,7 @@ use protocol::{Error, ErrorKind};
 use slog::Logger;
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
-use crate::fsutil::{now, write_atomic};
+use crate::fsutil::{blocking, now, write_atomic};
 use crate::image_cache::images::validate_name;
 
 /// Kernels bigger than this are not kernels.
@@ -163,16 +163,6 @@ fn path(dir: &Path, name: &str) -> Result<PathBuf, Error> {
     }
 }
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> ResponseFuture<Result<T, Error>> {
-    Box::pin(async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| Err(Error::internal(format!("kernel store task failed: {e}"))))
-    })
-}
-
 impl Actor for KernelStore {
     type Context = Context<Self>;
     fn started(&mut self, _: &mut Context<Self>) {
@@ -184,7 +174,7 @@ impl Handler<ImportKernel> for KernelStore {
     type Result = ResponseFuture<Result<KernelInfo, Error>>;
     fn handle(&mut self, msg: ImportKernel, _: &mut Context<Self>) -> Self::Result {
         let dir = self.dir.clone();
-        blocking(move || import(&dir, &msg.name, &msg.source, msg.input))
+        Box::pin(blocking(move || import(&dir, &msg.name, &msg.source, msg.input)))
     }
 }
 
@@ -192,7 +182,7 @@ impl Handler<ListKernels> for KernelStore {
     type Result = ResponseFuture<Result<Vec<KernelInfo>, Error>>;
     fn handle(&mut self, _: ListKernels, _: &mut Context<Self>) -> Self::Result {
         let dir = self.dir.clone();
-        blocking(move || list(&dir))
+        Box::pin(blocking(move || list(&dir)))
     }
 }
 
@@ -200,7 +190,7 @@ impl Handler<KernelPath> for KernelStore {
     type Result = ResponseFuture<Result<PathBuf, Error>>;
     fn handle(&mut self, KernelPath(name): KernelPath, _: &mut Context<Self>) -> Self::Result {
         let dir = self.dir.clone();
-        blocking(move || path(&dir, &name))
+        Box::pin(blocking(move || path(&dir, &name)))
     }
 }
 
@@ -208,11 +198,11 @@ impl Handler<RemoveKernel> for KernelStore {
     type Result = ResponseFuture<Result<(), Error>>;
     fn handle(&mut self, RemoveKernel(name): RemoveKernel, _: &mut Context<Self>) -> Self::Result {
         let dir = self.dir.clone();
-        blocking(move || {
+        Box::pin(blocking(move || {
             path(&dir, &name)?;
             std::fs::remove_dir_all(dir.join(&name))
                 .map_err(|e| Error::internal(format!("cannot remove kernel {name}: {e}")))
-        })
+        }))
     }
 }
 

@@ -16,9 +16,8 @@ use protocol::{Error, ErrorKind};
 use slog::{Logger, info, o, warn};
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
-use crate::fsutil::now;
-use crate::image_cache::BaseDisk;
-use crate::image_cache::images::ROOTFS;
+use crate::fsutil::{blocking, now};
+use crate::image_cache::{BaseDisk, BaseDiskFor};
 use crate::kernels::KernelPath;
 use crate::network::{EnsureBridge, LeaseIp, ReleaseIp};
 use crate::persist::Persisted;
@@ -107,7 +106,6 @@ impl Defaults {
 
 pub struct VmManager {
     vms_dir: PathBuf,
-    images_dir: PathBuf,
     vms: HashMap<String, Addr<VmActor>>,
     /// Names being created or removed: not to be re-adopted or created twice.
     busy: HashSet<String>,
@@ -123,7 +121,6 @@ impl VmManager {
         let state = &cx.config.layout.state_dir;
         VmManager {
             vms_dir: state.join("vms"),
-            images_dir: state.join("images"),
             vms: HashMap::new(),
             busy: HashSet::new(),
             vmm,
@@ -302,10 +299,10 @@ impl Handler<VmGone> for VmManager {
         let paths = Paths::new(&self.vms_dir, &msg.name);
         let load = async move {
             let _ = msg.settled.await;
-            tokio::task::spawn_blocking(move || Record::load(&paths)).await.ok()
+            blocking(move || Record::load(&paths)).await
         };
         ctx.wait(load.into_actor(self).map(|record, act, ctx| {
-            if let Some(Ok(record)) = record {
+            if let Ok(record) = record {
                 act.spawn_actor(record, ctx);
             }
         }));
@@ -330,7 +327,6 @@ impl Handler<CreateVm> for VmManager {
         }
         self.busy.insert(req.name.clone());
         let name = req.name.clone();
-        let rootfs = self.images_dir.join(&req.image).join(ROOTFS);
         let paths = Paths::new(&self.vms_dir, &req.name);
         let defaults = self.defaults;
         let supervisor = self.supervisor.clone();
@@ -339,22 +335,15 @@ impl Handler<CreateVm> for VmManager {
             let peers = supervisor.send(Lookup).await.unwrap_or_default();
             let kernels = peers.kernels.ok_or_else(crate::kernels::unavailable)?;
             kernels.send(KernelPath(kernel.clone())).await.map_err(|e| Error::internal(e.to_string()))??;
-            let image_bytes = tokio::fs::metadata(&rootfs).await.map(|m| m.len()).map_err(|_| {
-                Error::new(ErrorKind::NotFound, format!("no image named {:?}", req.image))
-                    .with_hint("see `banger image ls`")
-            })?;
-            let disk_bytes = req.disk_bytes.unwrap_or(defaults.disk_bytes.max(image_bytes));
-            if disk_bytes < image_bytes {
-                let mib = |b: u64| b.div_ceil(1 << 20);
-                let message = format!(
-                    "a {} MiB disk cannot hold image {} ({} MiB)",
-                    mib(disk_bytes),
-                    req.image,
-                    mib(image_bytes)
-                );
-                return Err(Error::new(ErrorKind::InvalidInput, message)
-                    .with_hint(format!("pass --disk {}M or more", mib(image_bytes))));
-            }
+            let images = peers.images.ok_or_else(crate::image_cache::unavailable)?;
+            let BaseDiskFor { base, disk_bytes } = images
+                .send(BaseDisk {
+                    image: req.image.clone(),
+                    bytes: req.disk_bytes,
+                    default_bytes: defaults.disk_bytes,
+                })
+                .await
+                .map_err(|e| Error::internal(e.to_string()))??;
             let lease = match req.network {
                 true => {
                     let net = peers.network.ok_or_else(|| restarting("network"))?;
@@ -385,13 +374,8 @@ impl Handler<CreateVm> for VmManager {
                 last_exit: None,
             };
             let record = Record { info, running: None };
-            let images = peers.images.ok_or_else(crate::image_cache::unavailable)?;
-            let base = images
-                .send(BaseDisk { image: req.image.clone(), bytes: disk_bytes })
-                .await
-                .map_err(|e| Error::internal(e.to_string()))??;
             let (p, r) = (paths.clone(), record.clone());
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 std::fs::create_dir_all(&p.dir)
                     .map_err(|e| Error::internal(format!("cannot create {}: {e}", p.dir.display())))?;
                 let made = crate::disk::clone_file(&base, &p.disk())
@@ -402,8 +386,7 @@ impl Handler<CreateVm> for VmManager {
                 }
                 made
             })
-            .await
-            .map_err(|e| Error::internal(e.to_string()))??;
+            .await?;
             Ok(record)
         };
         Box::pin(work.into_actor(self).map(move |made, act, ctx| {
@@ -471,10 +454,11 @@ impl Handler<RemoveVm> for VmManager {
                 actor.send(Kill).await.map_err(gone)??;
             }
             actor.send(Destroy).await.map_err(gone)??;
-            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&paths.dir))
-                .await
-                .map_err(|e| Error::internal(e.to_string()))?
-                .map_err(|e| Error::internal(format!("cannot remove the VM's files: {e}")))?;
+            blocking(move || {
+                std::fs::remove_dir_all(&paths.dir)
+                    .map_err(|e| Error::internal(format!("cannot remove the VM's files: {e}")))
+            })
+            .await?;
             release.await;
             Ok(())
         };

@@ -14,6 +14,12 @@ use crate::fsutil::sync_dir;
 pub const ROOTFS: &str = "rootfs.ext4";
 const META: &str = "image.json";
 
+/// An open file to clone a VM's disk from, and the disk's size.
+pub struct BaseDiskFor {
+    pub base: File,
+    pub disk_bytes: u64,
+}
+
 #[derive(Debug)]
 pub struct ImageStore {
     dir: PathBuf,
@@ -145,11 +151,17 @@ impl ImageStore {
             .map_err(|e| Error::internal(format!("cannot remove image {name}: {e}")))
     }
 
-    /// The base of a VM disk of `bytes`: the image's rootfs when that is its size, else a copy
-    /// grown to `bytes` once and kept beside it (`rootfs-<bytes>.ext4`), so each further VM of
-    /// that image and size is only a clone. Grown copies go with the image (replaced or
-    /// removed). The caller holds the name's lock.
-    pub fn base_disk(&self, name: &str, bytes: u64) -> Result<File, Error> {
+    /// The base of a VM disk: `bytes` long if asked for, else the larger of `default_bytes`
+    /// and the image. It is the image's rootfs when that is the size, else a copy grown once
+    /// and kept beside it (`rootfs-<bytes>.ext4`), so each further VM of that image and size is
+    /// only a clone. Grown copies go with the image (replaced or removed). The caller holds the
+    /// name's lock.
+    pub fn base_disk(
+        &self,
+        name: &str,
+        bytes: Option<u64>,
+        default_bytes: u64,
+    ) -> Result<BaseDiskFor, Error> {
         self.get(name)?;
         let dir = self.dir.join(name);
         let open = |path: &Path| {
@@ -157,12 +169,22 @@ impl ImageStore {
         };
         let rootfs = open(&dir.join(ROOTFS))?;
         let len = rootfs.metadata().map_err(|e| Error::internal(e.to_string()))?.len();
-        if bytes <= len {
-            return Ok(rootfs);
+        let bytes = bytes.unwrap_or(default_bytes.max(len));
+        if bytes < len {
+            let mib = |b: u64| b.div_ceil(1 << 20);
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("a {} MiB disk cannot hold image {name} ({} MiB)", mib(bytes), mib(len)),
+            )
+            .with_hint(format!("pass --disk {}M or more", mib(len))));
+        }
+        let disk = |base| Ok(BaseDiskFor { base, disk_bytes: bytes });
+        if bytes == len {
+            return disk(rootfs);
         }
         let grown = dir.join(format!("rootfs-{bytes}.ext4"));
         if grown.exists() {
-            return open(&grown);
+            return disk(open(&grown)?);
         }
         // Made under a temp name, so a crash never leaves a half-grown copy under the real one.
         let tmp = dir.join(format!(".rootfs-{bytes}.tmp"));
@@ -174,7 +196,7 @@ impl ImageStore {
             return Err(Error::internal(format!("cannot make a {bytes}-byte disk of image {name}: {e}")));
         }
         sync_dir(&dir);
-        open(&grown)
+        disk(open(&grown)?)
     }
 }
 

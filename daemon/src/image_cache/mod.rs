@@ -65,13 +65,17 @@ pub struct RemoveImage {
     pub name: String,
 }
 
-/// An open base for a VM disk of `bytes` from image `image` (see `ImageStore::base_disk`).
+/// The base of a VM's disk from image `image`: `bytes` if asked for, else the larger of
+/// `default_bytes` and the image (see `ImageStore::base_disk`).
 #[derive(Message)]
-#[rtype(result = "Result<std::fs::File, Error>")]
+#[rtype(result = "Result<BaseDiskFor, Error>")]
 pub struct BaseDisk {
     pub image: String,
-    pub bytes: u64,
+    pub bytes: Option<u64>,
+    pub default_bytes: u64,
 }
+
+pub use self::images::BaseDiskFor;
 
 #[derive(Message)]
 #[rtype(result = "oneshot::Receiver<Result<PruneReport, Error>>")]
@@ -256,11 +260,7 @@ fn off_mailbox<T: Send + 'static>(
     images: Arc<ImageStore>,
     f: impl FnOnce(&ImageStore) -> Result<T, Error> + Send + 'static,
 ) -> ResponseFuture<Result<T, Error>> {
-    Box::pin(async move {
-        tokio::task::spawn_blocking(move || f(&images))
-            .await
-            .unwrap_or_else(|e| Err(Error::internal(format!("store task failed: {e}"))))
-    })
+    Box::pin(crate::fsutil::blocking(move || f(&images)))
 }
 
 impl Handler<ListImages> for ImageCache {
@@ -291,14 +291,14 @@ impl Handler<RemoveImage> for ImageCache {
 }
 
 impl Handler<BaseDisk> for ImageCache {
-    type Result = ResponseFuture<Result<std::fs::File, Error>>;
+    type Result = ResponseFuture<Result<BaseDiskFor, Error>>;
     fn handle(&mut self, msg: BaseDisk, _: &mut Context<Self>) -> Self::Result {
         let (images, locks) = (self.pulls.images.clone(), self.pulls.locks.clone());
         Box::pin(async move {
             images::validate_name(&msg.image)?;
             // Not while the image is being replaced or removed, and one grown copy at a time.
             let _held = locks.lock(format!("image:{}", msg.image)).await;
-            off_mailbox(images, move |s| s.base_disk(&msg.image, msg.bytes)).await
+            off_mailbox(images, move |s| s.base_disk(&msg.image, msg.bytes, msg.default_bytes)).await
         })
     }
 }
