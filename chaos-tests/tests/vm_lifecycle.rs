@@ -370,8 +370,12 @@ async fn a_vm_disk_is_its_own_clone_grown_to_its_size() {
     want.push("rootfs.ext4".into());
     want.sort();
     assert_eq!(bases, want, "one grown base per size, none for the image's own");
-    assert!(host.ok(&["image", "rm", "--force", "base"]).contains("removed base"));
+    let removed: serde_json::Value =
+        serde_json::from_str(&host.ok(&["image", "rm", "--force", "base", "--json"])).unwrap();
+    assert_eq!(removed, serde_json::json!({ "removed": "base" }));
     assert!(!state.join("images/base").exists(), "grown bases go with their image");
+    let removed: serde_json::Value = serde_json::from_str(&host.ok(&["vm", "rm", "two", "--json"])).unwrap();
+    assert_eq!(removed, serde_json::json!({ "removed": "two" }));
     assert!(host.ok(&["vm", "start", "one"]).starts_with("one running"), "and the VMs keep their disks");
     host.ok(&["vm", "stop", "one"]);
 }

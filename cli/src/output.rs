@@ -48,6 +48,15 @@ impl Output {
         }
     }
 
+    /// Reports a removal: `{"removed": name}`, or `removed <what>`.
+    pub fn removed(&self, name: &str, what: &str) {
+        if self.json {
+            self.json(&serde_json::json!({ "removed": name }));
+        } else {
+            println!("removed {what}");
+        }
+    }
+
     pub fn error(&self, e: &protocol::Error) {
         if self.json {
             self.json(&serde_json::json!({ "error": e }));

@@ -59,11 +59,7 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
         }
         ImageCommand::Rm { name, force } => {
             client::call(&mut c, &socket, &Request::ImageRemove { name: name.clone(), force }).await?;
-            if out.json {
-                out.json(&json!({ "removed": name }));
-            } else {
-                println!("removed {name}");
-            }
+            out.removed(&name, &name);
         }
         ImageCommand::Cache(crate::args::CacheCommand::Prune { dry_run }) => {
             match client::call(&mut c, &socket, &Request::CachePrune { dry_run }).await? {

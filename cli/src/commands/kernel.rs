@@ -4,7 +4,6 @@ use std::os::fd::AsFd;
 
 use protocol::daemon::{Request, Response};
 use protocol::{Error, ErrorKind};
-use serde_json::json;
 
 use crate::args::{Global, KernelCommand};
 use crate::client;
@@ -44,11 +43,7 @@ pub async fn run(global: &Global, cmd: KernelCommand, out: &Output) -> Result<()
         },
         KernelCommand::Rm { name } => {
             client::call(&mut c, &socket, &Request::KernelRemove { name: name.clone() }).await?;
-            if out.json {
-                out.json(&json!({ "removed": name }));
-            } else {
-                println!("removed kernel {name}");
-            }
+            out.removed(&name, &format!("kernel {name}"));
         }
     }
     Ok(())

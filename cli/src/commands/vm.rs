@@ -80,11 +80,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
         }
         VmCommand::Rm { name, force } => {
             client::call(&mut c, &socket, &Request::VmRemove { name: name.clone(), force }).await?;
-            if out.json {
-                out.json(&json!({ "removed": name }));
-            } else {
-                println!("removed {name}");
-            }
+            out.removed(&name, &name);
         }
         VmCommand::Ls { all } => match client::call(&mut c, &socket, &Request::VmList { all }).await? {
             Response::Vms(list) if out.json => out.json(&list),
