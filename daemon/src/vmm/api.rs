@@ -40,10 +40,11 @@ pub async fn put(socket: &Path, path: &str, body: &str) -> Result<(), Error> {
     Err(fail(format!("{status}: {fault}")))
 }
 
-/// Connects, waiting briefly for a VMM that is still bringing its API up (the socket may not
-/// exist yet, or not listen yet, just after it started).
+/// Connects, waiting for a VMM that is still bringing its API up: `vm start` answers before
+/// Firecracker made its socket, so a stop or a re-adoption may come before it exists or
+/// listens. The callers bound the whole exchange by `TIMEOUT`.
 async fn connect(socket: &Path) -> std::io::Result<UnixStream> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         match UnixStream::connect(socket).await {
             Err(e)
@@ -90,14 +91,14 @@ async fn read_reply(s: &mut UnixStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
-/// Whether the API answers at all (GET /).
+/// Whether the API answers at all (GET /) within `TIMEOUT`, its socket given time to appear.
 pub async fn answers(socket: &Path) -> bool {
     let probe = async {
-        let mut s = UnixStream::connect(socket).await.ok()?;
+        let mut s = connect(socket).await.ok()?;
         s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.ok()?;
         let mut reply = [0u8; 16];
         let n = s.read(&mut reply).await.ok()?;
         reply[..n].starts_with(b"HTTP/1.1").then_some(())
     };
-    tokio::time::timeout(Duration::from_secs(2), probe).await.ok().flatten().is_some()
+    tokio::time::timeout(TIMEOUT, probe).await.ok().flatten().is_some()
 }
