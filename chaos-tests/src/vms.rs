@@ -155,19 +155,26 @@ impl VmHost {
     }
 }
 
-/// A failed test must not leave VMs running: kill every VMM this daemon recorded.
+/// A failed test must not leave VMs running: kill every VMM this daemon recorded, and every one
+/// a jail still names (a VM the daemon gave up on before its clean-up ran).
 impl Drop for VmHost {
     fn drop(&mut self) {
-        let records = std::fs::read_dir(self.daemon.dir.path().join("vms")).into_iter().flatten().flatten();
-        for e in records {
-            let record: serde_json::Value = std::fs::read(e.path().join("vm.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            if let Some(pid) = record["running"]["pid"].as_i64() {
-                let pid = nix::unistd::Pid::from_raw(pid as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+        let dir = self.daemon.dir.path();
+        let read = |p: PathBuf| std::fs::read(p).ok();
+        let records = std::fs::read_dir(dir.join("vms")).into_iter().flatten().flatten();
+        let recorded = records.filter_map(|e| {
+            let record: serde_json::Value = serde_json::from_slice(&read(e.path().join("vm.json"))?).ok()?;
+            record["running"]["pid"].as_i64()
+        });
+        let jails = std::fs::read_dir(dir.join("jail/firecracker")).into_iter().flatten().flatten();
+        let jailed = jails.filter_map(|e| {
+            String::from_utf8(read(e.path().join("root/firecracker.pid"))?).ok()?.trim().parse().ok()
+        });
+        for pid in recorded.chain(jailed) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         // And no bridge or NAT table of its own is left on the host.
         let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
