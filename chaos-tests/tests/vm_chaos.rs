@@ -89,6 +89,12 @@ async fn a_daemon_killed_with_twenty_running_vms_readopts_them_all() {
         .collect();
     assert!(not_stopped.is_empty(), "re-adopted VMs stop: {not_stopped:#?}");
     assert!(names.iter().all(|n| !host.jail(n).exists()));
+    for n in &names {
+        assert_eq!(host.inspect(n)["last_exit"], "exit code 0", "{n} shut down gracefully");
+        // Its console went on being recorded while no daemon ran and after the new one took over.
+        let logs = host.ok(&["vm", "logs", n]);
+        assert!(logs.contains("got ctrl-alt-del"), "{n}'s console after the restart: {logs}");
+    }
 }
 
 #[tokio::test]

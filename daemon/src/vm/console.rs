@@ -1,60 +1,55 @@
-//! The serial console: the VMM writes into a pipe; a task on the daemon's runtime copies it to
-//! `console.log`, keeping the file under a cap by dropping its older half. A task, not a
-//! thread: a thread per VM cost ~20 KiB of RSS each, and an idle task holds no buffer.
+//! The serial console: the VMM appends straight to `console.log` (the daemon opens it and passes
+//! the descriptor), so the console does not depend on the daemon being alive. With a pipe, a
+//! daemon that died left the VMM writing into a pipe without a reader, and Firecracker
+//! deadlocks on that error before its API is up; a re-adopted VM's console was lost. The daemon
+//! keeps the file near its cap by dropping the older part in place (`trim`), checked every
+//! second while the VM runs and once when it stops.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
-
-/// The most a console log holds; past it, the older half is dropped.
+/// Past this size the console log is trimmed to about half of it.
 pub const CAP: u64 = 1 << 20;
 
-/// Copies everything from `pipe` into `log` until the VMM closes its end. The file work runs on
-/// the blocking pool (tokio's `fs`), never on the caller's thread.
-pub fn capture(pipe: pipe::Receiver, log: PathBuf) {
-    tokio::spawn(async move {
-        let Ok(mut out) = tokio::fs::OpenOptions::new().create(true).append(true).open(&log).await else {
-            return;
-        };
-        let mut len = out.metadata().await.map(|m| m.len()).unwrap_or(0);
-        loop {
-            if pipe.readable().await.is_err() {
-                return;
-            }
-            let mut chunk = vec![0u8; 8192];
-            let n = match pipe.try_read(&mut chunk) {
-                Ok(0) => return, // the VMM exited
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            };
-            if out.write_all(&chunk[..n]).await.is_err() || out.flush().await.is_err() {
-                return;
-            }
-            len += n as u64;
-            if len > CAP {
-                let path = log.clone();
-                if let Ok(Ok(f)) = tokio::task::spawn_blocking(move || trim(&path)).await {
-                    out = tokio::fs::File::from_std(f);
-                    len = CAP / 2;
-                }
-            }
-        }
-    });
+/// The console log opened (created) for the VMM to append to.
+pub fn open_for_vmm(log: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(log)
 }
 
-/// Keeps the newer half of the log; returns it reopened for appending.
-fn trim(log: &Path) -> std::io::Result<File> {
-    let mut f = File::open(log)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len - CAP / 2))?;
-    let mut tail = Vec::with_capacity((CAP / 2) as usize);
-    f.read_to_end(&mut tail)?;
-    crate::fsutil::write_atomic(log, &tail)?;
-    OpenOptions::new().append(true).open(log)
+/// Past `CAP`, keeps the newest `CAP / 2` bytes (or up to a block more), in place, since the
+/// VMM goes on appending to the same file. `FALLOC_FL_COLLAPSE_RANGE` where the filesystem has
+/// it (exact); else the newer half is copied to the front and the file cut, and what the VMM
+/// appends during those two steps can be lost. Returns whether it trimmed.
+pub fn trim(log: &Path) -> std::io::Result<bool> {
+    let mut file = OpenOptions::new().read(true).write(true).open(log)?;
+    let meta = file.metadata()?;
+    let len = meta.len();
+    if len <= CAP {
+        return Ok(false);
+    }
+    let block = meta.blksize().max(1);
+    let cut = (len - CAP / 2) / block * block;
+    // SAFETY: fallocate on an open descriptor with integer arguments; the range lies inside the
+    // file and is block-aligned, as COLLAPSE_RANGE requires.
+    let collapsed =
+        unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_COLLAPSE_RANGE, 0, cut as i64) } == 0;
+    if !collapsed {
+        keep_newer_half(&mut file, len)?;
+    }
+    Ok(true)
+}
+
+/// Where a filesystem cannot collapse a range: the newest `CAP / 2` bytes copied to the front,
+/// then the file cut after them.
+fn keep_newer_half(file: &mut File, len: u64) -> std::io::Result<()> {
+    let mut newer = Vec::with_capacity((CAP / 2) as usize);
+    file.seek(SeekFrom::Start(len - CAP / 2))?;
+    file.take(CAP / 2).read_to_end(&mut newer)?;
+    file.write_all_at(&newer, 0)?;
+    file.set_len(newer.len() as u64)
 }
 
 /// The last `lines` lines of the log, for failure reasons.
@@ -66,30 +61,44 @@ pub fn tail(log: &Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn capture_keeps_the_log_under_its_cap() {
+    #[test]
+    fn trim_keeps_the_newer_half_and_the_vmm_goes_on_appending() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
-        let (writer, reader) = pipe::pipe().unwrap();
-        capture(reader, log.clone());
-        let mut writer = std::fs::File::from(writer.into_blocking_fd().unwrap());
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            for i in 0..3000u32 {
-                writeln!(writer, "line {i} {}", "x".repeat(1000)).unwrap();
-            }
-            writeln!(writer, "the end").unwrap();
-        })
-        .await
-        .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !tail(&log, 1).contains("the end") {
-            assert!(std::time::Instant::now() < deadline);
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let mut vmm = open_for_vmm(&log).unwrap();
+        for i in 0..3000u32 {
+            writeln!(vmm, "line {i} {}", "x".repeat(1000)).unwrap();
         }
-        assert!(std::fs::metadata(&log).unwrap().len() <= CAP + 8192);
-        assert!(tail(&log, 2).starts_with("line 2999"));
+        assert!(trim(&log).unwrap());
+        let len = std::fs::metadata(&log).unwrap().len();
+        assert!((CAP / 2 - 4096..=CAP / 2 + 4096).contains(&len), "{len}");
+        assert!(tail(&log, 1).starts_with("line 2999"));
+        writeln!(vmm, "after the trim").unwrap();
+        assert_eq!(tail(&log, 2).lines().next().map(|l| &l[..9]), Some("line 2999"));
+        assert_eq!(tail(&log, 1), "after the trim", "appended at the new end, no gap");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), len + 15);
+        assert!(!trim(&log).unwrap(), "under the cap: left alone");
+    }
+
+    #[test]
+    fn without_collapse_the_newer_half_is_copied_to_the_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut vmm = open_for_vmm(&log).unwrap();
+        for i in 0..3000u32 {
+            writeln!(vmm, "line {i} {}", "x".repeat(1000)).unwrap();
+        }
+        let len = std::fs::metadata(&log).unwrap().len();
+        let mut file = OpenOptions::new().read(true).write(true).open(&log).unwrap();
+        keep_newer_half(&mut file, len).unwrap();
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), CAP / 2);
+        assert!(tail(&log, 1).starts_with("line 2999"));
+        writeln!(vmm, "after the trim").unwrap();
+        assert_eq!(tail(&log, 1), "after the trim", "appended at the new end");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), CAP / 2 + 15);
     }
 }

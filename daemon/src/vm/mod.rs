@@ -1,6 +1,6 @@
 //! VmActor: one per VM. Owns its state machine (`Created → Starting → Running → Stopping →
 //! Stopped | Failed(reason)`), persisted on every transition; its VMM (through the [`Vmm`]
-//! trait), its console capture, and the watch on its VMM's pidfd. Takes `Start`, `Stop`,
+//! trait), its console log's cap, and the watch on its VMM's pidfd. Takes `Start`, `Stop`,
 //! `Kill`, `Info`, `Destroy` from the VmManager; tells it when it is gone (its guard).
 
 pub mod console;
@@ -83,11 +83,13 @@ pub struct VmActor {
     /// Set when the exit about to come was asked for (stop, kill): it ends in `Stopped`.
     expected_exit: bool,
     waiters: Vec<oneshot::Sender<VmInfo>>,
+    /// Keeps the console log under its cap while the VMM runs.
+    console_trim: Option<SpawnHandle>,
 }
 
 impl VmActor {
     pub fn new(record: Record, paths: Paths, vmm: Arc<dyn Vmm>, log: Logger, guard: VmGuard) -> Self {
-        VmActor { record, paths, vmm, log, guard, expected_exit: false, waiters: vec![] }
+        VmActor { record, paths, vmm, log, guard, expected_exit: false, waiters: vec![], console_trim: None }
     }
 
     fn name(&self) -> String {
@@ -122,8 +124,14 @@ impl VmActor {
         )
     }
 
-    /// Watches the VMM's pidfd; its exit arrives as `Exited`.
-    fn watch(&self, running: &Running, ctx: &mut Context<Self>) {
+    /// Watches the VMM's pidfd (its exit arrives as `Exited`), and trims its console log every
+    /// second until then.
+    fn watch(&mut self, running: &Running, ctx: &mut Context<Self>) {
+        let trim = ctx.run_interval(Duration::from_secs(1), |act, _| {
+            let log = act.paths.console();
+            tokio::task::spawn_blocking(move || console::trim(&log));
+        });
+        self.console_trim = Some(trim);
         let pid = running.pid;
         let addr = ctx.address();
         let log = self.log.clone();
@@ -222,18 +230,17 @@ impl Handler<Start> for VmActor {
         }
         self.set(VmState::Starting);
         self.expected_exit = false;
-        // The VMM's end blocks (Firecracker writes its serial output plainly); ours is polled.
-        let console = tokio::net::unix::pipe::pipe().and_then(|(w, r)| {
-            console::capture(r, self.paths.console());
-            w.into_blocking_fd()
-        });
         let (vmm, console_log, starting) = (self.vmm.clone(), self.paths.console(), self.saved());
         let boot = async move {
             // `Starting` is on disk before a VMM exists: a daemon that dies now knows to fail it.
             starting.await;
-            let console =
-                console.map_err(|e| Error::internal(format!("cannot make the console pipe: {e}")))?;
-            let booted = vmm.boot(msg.boot, console).await;
+            let log = console_log.clone();
+            let console = crate::fsutil::blocking(move || {
+                console::open_for_vmm(&log)
+                    .map_err(|e| Error::internal(format!("cannot open {}: {e}", log.display())))
+            })
+            .await?;
+            let booted = vmm.boot(msg.boot, OwnedFd::from(console)).await;
             if let Err(e) = &booted {
                 let lines = tokio::task::spawn_blocking(move || console::tail(&console_log, 5))
                     .await
@@ -356,7 +363,7 @@ impl Handler<Exited> for VmActor {
             (code, lines)
         });
         let read = async move { read.await.unwrap_or((None, Some(String::new()))) };
-        ctx.wait(read.into_actor(self).map(|(code, lines), act, _| act.exited(code, lines)));
+        ctx.wait(read.into_actor(self).map(|(code, lines), act, ctx| act.exited(code, lines, ctx)));
     }
 }
 
@@ -364,7 +371,10 @@ impl VmActor {
     /// The VMM is gone: `Stopped` if the exit was asked for or clean, else `Failed` with the
     /// console's last lines. Its host resources are released while the state is written; then
     /// whoever waits for the exit is told.
-    fn exited(&mut self, code: Option<i32>, lines: Option<String>) {
+    fn exited(&mut self, code: Option<i32>, lines: Option<String>, ctx: &mut Context<Self>) {
+        if let Some(trim) = self.console_trim.take() {
+            ctx.cancel_future(trim);
+        }
         let how = match code {
             Some(c) => format!("exit code {c}"),
             None => "killed".to_string(),
@@ -384,7 +394,9 @@ impl VmActor {
         let (vmm, name, log, saved) = (self.vmm.clone(), self.name(), self.log.clone(), self.saved());
         let info = self.record.info.clone();
         let waiters = std::mem::take(&mut self.waiters);
+        let console_log = self.paths.console();
         actix::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || console::trim(&console_log)).await;
             // Released before anyone hears the VM stopped, so a restart finds it clean.
             let (cleaned, ()) = futures_util::join!(vmm.cleanup(&name), saved);
             if let Err(e) = cleaned {
