@@ -429,18 +429,21 @@ impl Handler<Info> for VmActor {
 }
 
 impl Handler<Destroy> for VmActor {
-    type Result = ResponseActFuture<Self, Result<(), Error>>;
-    fn handle(&mut self, _: Destroy, _: &mut Context<Self>) -> Self::Result {
+    type Result = ResponseFuture<Result<(), Error>>;
+    fn handle(&mut self, _: Destroy, ctx: &mut Context<Self>) -> Self::Result {
         if self.record.running.is_some() {
             let e = self
                 .conflict("remove it")
                 .with_hint(format!("stop it first, or `banger vm rm -f {}`", self.name()));
-            return Box::pin(async move { Err(e) }.into_actor(self));
+            return Box::pin(async move { Err(e) });
         }
-        // Nothing may write `vm.json` once the manager deletes the VM's directory.
-        Box::pin(self.saved().into_actor(self).map(|(), _, ctx| {
-            ctx.stop();
+        // Stopped at once, so nothing more reaches it; the answer waits until its last state is
+        // written, since the manager deletes the VM's directory next.
+        let saved = self.saved();
+        ctx.stop();
+        Box::pin(async move {
+            saved.await;
             Ok(())
-        }))
+        })
     }
 }
