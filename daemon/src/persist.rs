@@ -1,53 +1,56 @@
-//! An actor's state file, written off its mailbox and in order. `save` queues the newest
-//! contents at once; one task per file writes them with `write_atomic` on the blocking pool,
-//! skipping any that a newer one replaced before its turn; `settled` resolves once everything
-//! queued so far is on disk. The task ends after the last queued write once the handle is
-//! dropped.
+//! An actor's state file, written off its mailbox and in order. `save` records the newest
+//! contents at once; a writer task, started when there is something to write and gone when
+//! there is not, writes them with `write_atomic` on the blocking pool, skipping any that a newer
+//! one replaced before its turn. `settled` resolves once everything saved so far is on disk. A
+//! file costs no task while nothing is pending (an idle VM holds a handle only).
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use protocol::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::fsutil::write_atomic;
 
+/// The last version written, and how its write went.
+type Written = (u64, Result<(), String>);
+
+#[derive(Default)]
+struct Pending {
+    /// The newest contents not yet being written, with their version.
+    next: Option<(u64, Vec<u8>)>,
+    /// Whether a writer task runs (it takes `next` until there is none).
+    writing: bool,
+}
+
 pub struct Persisted {
-    queue: mpsc::UnboundedSender<(u64, Vec<u8>)>,
-    /// The last version written, and how its write went.
-    written: watch::Receiver<(u64, Result<(), String>)>,
+    path: Arc<PathBuf>,
+    pending: Arc<Mutex<Pending>>,
+    tell: Arc<watch::Sender<Written>>,
+    written: watch::Receiver<Written>,
     queued: u64,
 }
 
 impl Persisted {
-    /// Starts the writer of `path` (on the current tokio runtime).
     pub fn new(path: PathBuf) -> Self {
-        let (queue, mut next) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
         let (tell, written) = watch::channel((0, Ok(())));
-        tokio::spawn(async move {
-            while let Some(mut latest) = next.recv().await {
-                while let Ok(newer) = next.try_recv() {
-                    latest = newer;
-                }
-                let (version, bytes) = latest;
-                let file = path.clone();
-                let done = tokio::task::spawn_blocking(move || write_atomic(&file, &bytes))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| format!("cannot save {}: {e}", path.display())));
-                let _ = tell.send((version, done));
-            }
-        });
-        Persisted { queue, written, queued: 0 }
+        Persisted { path: Arc::new(path), pending: Arc::default(), tell: Arc::new(tell), written, queued: 0 }
     }
 
-    /// Queues `bytes` as the file's new contents; `settled` tells when they are on disk.
+    /// Records `bytes` as the file's new contents; `settled` tells when they are on disk.
+    /// Starts a writer on the current tokio runtime if none runs.
     pub fn save(&mut self, bytes: Vec<u8>) {
         self.queued += 1;
-        let _ = self.queue.send((self.queued, bytes));
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.next = Some((self.queued, bytes));
+        if !pending.writing {
+            pending.writing = true;
+            tokio::spawn(write(self.path.clone(), self.pending.clone(), self.tell.clone()));
+        }
     }
 
-    /// Resolves once everything queued so far is on disk (or failed to get there).
+    /// Resolves once everything saved so far is on disk (or failed to get there).
     pub fn settled(&self) -> impl Future<Output = Result<(), Error>> + Send + use<> {
         let (version, mut written) = (self.queued, self.written.clone());
         async move {
@@ -58,6 +61,25 @@ impl Persisted {
                 .map_err(|_| Error::internal("the state writer stopped"))?;
             outcome.map_err(Error::internal)
         }
+    }
+}
+
+/// Writes the newest pending contents until none are left.
+async fn write(path: Arc<PathBuf>, pending: Arc<Mutex<Pending>>, tell: Arc<watch::Sender<Written>>) {
+    loop {
+        let next = {
+            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+            let next = pending.next.take();
+            pending.writing = next.is_some();
+            next
+        };
+        let Some((version, bytes)) = next else { return };
+        let file = path.clone();
+        let done = tokio::task::spawn_blocking(move || write_atomic(&file, &bytes))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("cannot save {}: {e}", path.display())));
+        tell.send_modify(|written| *written = (version, done));
     }
 }
 
@@ -80,6 +102,10 @@ mod tests {
         first.await.unwrap();
         file.settled().await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "49", "the last save wins");
+        // The writer ended with nothing left to write; the next save starts another.
+        file.save(b"50".to_vec());
+        file.settled().await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "50");
 
         let mut lost = Persisted::new(dir.path().join("no/such/dir/state.json"));
         lost.save(b"x".to_vec());
