@@ -7,16 +7,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::Error;
 
-/// Writes `bytes` to `path` via a temp file, fsync and rename: readers see old or new, never half.
+/// Writes `bytes` to `path` via a temp file, fsync and rename: readers see old or new, never
+/// half, and it survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Like `write_atomic`, without the fsyncs: for state a power cut makes moot anyway (every VMM
+/// dies with the host, and re-adoption finds that out). Each fsync forces an ext4 journal
+/// commit; a VM's five state changes made ten per lifecycle, and under that load the journal
+/// slowed every later file operation here (the helper's jail preparation 0.2 → 2.5 ms, the
+/// jailer 2.2 → 6.7 ms, until a `sync`).
+pub fn replace_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
     let name = path.file_name().ok_or_else(|| std::io::Error::other("no file name"))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)?;
-    sync_dir(dir);
+    if durable {
+        sync_dir(dir);
+    }
     Ok(())
 }
 

@@ -110,7 +110,7 @@ impl Network {
         let file = cx.config.layout.state_dir.join("network.json");
         Network {
             file: file.clone(),
-            leases_file: Persisted::new(file),
+            leases_file: Persisted::durable(file),
             bridge: cx.config.bridge.clone(),
             net,
             prefix,

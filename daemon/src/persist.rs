@@ -1,6 +1,6 @@
 //! An actor's state file, written off its mailbox and in order. `save` records the newest
 //! contents at once; a writer task, started when there is something to write and gone when
-//! there is not, writes them with `write_atomic` on the blocking pool, skipping any that a newer
+//! there is not, writes them (`write_atomic` or `replace_atomic`) on the blocking pool, skipping any that a newer
 //! one replaced before its turn. `settled` resolves once everything saved so far is on disk. A
 //! file costs no task while nothing is pending (an idle VM holds a handle only).
 
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use protocol::Error;
 use tokio::sync::watch;
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{replace_atomic, write_atomic};
 
 /// The last version written, and how its write went.
 type Written = (u64, Result<(), String>);
@@ -26,6 +26,8 @@ struct Pending {
 
 pub struct Persisted {
     path: Arc<PathBuf>,
+    /// `write_atomic` (fsynced) or `replace_atomic` (not).
+    durable: bool,
     pending: Arc<Mutex<Pending>>,
     tell: Arc<watch::Sender<Written>>,
     written: watch::Receiver<Written>,
@@ -33,9 +35,21 @@ pub struct Persisted {
 }
 
 impl Persisted {
-    pub fn new(path: PathBuf) -> Self {
+    /// A file whose every version must survive a power cut (`write_atomic`).
+    pub fn durable(path: PathBuf) -> Self {
+        Self::new(path, true)
+    }
+
+    /// A file replaced atomically but not fsynced (`replace_atomic`): state a power cut makes
+    /// moot, written often.
+    pub fn atomic(path: PathBuf) -> Self {
+        Self::new(path, false)
+    }
+
+    fn new(path: PathBuf, durable: bool) -> Self {
         let (tell, written) = watch::channel((0, Ok(())));
-        Persisted { path: Arc::new(path), pending: Arc::default(), tell: Arc::new(tell), written, queued: 0 }
+        let (pending, tell) = (Arc::default(), Arc::new(tell));
+        Persisted { path: Arc::new(path), durable, pending, tell, written, queued: 0 }
     }
 
     /// Records `bytes` as the file's new contents; `settled` tells when they are on disk.
@@ -46,7 +60,7 @@ impl Persisted {
         pending.next = Some((self.queued, bytes));
         if !pending.writing {
             pending.writing = true;
-            tokio::spawn(write(self.path.clone(), self.pending.clone(), self.tell.clone()));
+            tokio::spawn(write(self.path.clone(), self.durable, self.pending.clone(), self.tell.clone()));
         }
     }
 
@@ -65,7 +79,12 @@ impl Persisted {
 }
 
 /// Writes the newest pending contents until none are left.
-async fn write(path: Arc<PathBuf>, pending: Arc<Mutex<Pending>>, tell: Arc<watch::Sender<Written>>) {
+async fn write(
+    path: Arc<PathBuf>,
+    durable: bool,
+    pending: Arc<Mutex<Pending>>,
+    tell: Arc<watch::Sender<Written>>,
+) {
     loop {
         let next = {
             let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +94,8 @@ async fn write(path: Arc<PathBuf>, pending: Arc<Mutex<Pending>>, tell: Arc<watch
         };
         let Some((version, bytes)) = next else { return };
         let file = path.clone();
-        let done = tokio::task::spawn_blocking(move || write_atomic(&file, &bytes))
+        let save = if durable { write_atomic } else { replace_atomic };
+        let done = tokio::task::spawn_blocking(move || save(&file, &bytes))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| format!("cannot save {}: {e}", path.display())));
@@ -91,7 +111,7 @@ mod tests {
     async fn saves_land_in_order_and_report_failures() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let mut file = Persisted::new(path.clone());
+        let mut file = Persisted::atomic(path.clone());
         let first = {
             file.save(b"0".to_vec());
             file.settled()
@@ -107,7 +127,7 @@ mod tests {
         file.settled().await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "50");
 
-        let mut lost = Persisted::new(dir.path().join("no/such/dir/state.json"));
+        let mut lost = Persisted::durable(dir.path().join("no/such/dir/state.json"));
         lost.save(b"x".to_vec());
         let err = lost.settled().await.unwrap_err();
         assert!(err.message.contains("cannot save"), "{}", err.message);

@@ -138,7 +138,7 @@ impl VmManager {
             name: name.clone(),
             manager: ctx.address().recipient(),
             failed: ctx.address().recipient(),
-            record: Persisted::new(paths.record()),
+            record: Persisted::atomic(paths.record()),
         };
         let log = self.log.new(o!("vm" => name.clone()));
         let actor = VmActor::new(record, paths, self.vmm.clone(), log, guard).start();
