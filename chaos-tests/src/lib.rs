@@ -300,6 +300,17 @@ impl Drop for TestHelper {
     }
 }
 
+/// banger-helper mounts a tmpfs for jails at `<state dir>/jail` and leaves it mounted (running
+/// VMs' jails live there); a test unmounts it when it is done with the state dir, so the temp
+/// dir can go. Dropped before the `TempDir` it names.
+pub struct JailMount(pub PathBuf);
+
+impl Drop for JailMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0.join("jail"), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Creates (once) an unprivileged user for "another uid" tests and returns its uid and gid.
 pub fn other_user() -> (u32, u32) {
     const NAME: &str = "banger-test-other";

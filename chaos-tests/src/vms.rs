@@ -176,6 +176,7 @@ impl Drop for VmHost {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        drop(crate::JailMount(dir.to_path_buf()));
         // And no bridge or NAT table of its own is left on the host.
         let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
         let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &self.bridge]).output();

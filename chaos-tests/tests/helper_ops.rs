@@ -130,6 +130,7 @@ async fn hostile_requests_are_refused_and_create_nothing() {
 #[tokio::test]
 async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
     let state = tempfile::tempdir().unwrap();
+    let _jails = chaos_tests::JailMount(state.path().to_path_buf());
     if firecracker().is_none() {
         capable("kvm", false, "firecracker or /dev/kvm is missing");
         return;
@@ -154,7 +155,13 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
         other => panic!("{other:?}"),
     };
     assert!(root.starts_with(state.path().join("jail")), "{}", root.display());
-    assert!(root.join("vmlinux").is_file(), "the kernel is linked into the jail");
+    assert_eq!(
+        std::fs::read(root.join("vmlinux")).unwrap(),
+        std::fs::read(&kernel).unwrap(),
+        "the kernel is bound into the jail"
+    );
+    let jails = nix::sys::statfs::statfs(&state.path().join("jail")).unwrap();
+    assert_eq!(jails.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC, "jails live on a tmpfs");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !root.join("api.sock").exists() {
         assert!(Instant::now() < deadline, "Firecracker never made its API socket in the jail");
@@ -204,6 +211,9 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
     );
     assert_eq!(c.call(&HelperRequest::CleanJail { vm: "jailed".into() }).await.unwrap(), HelperResponse::Ok);
     assert!(!root.exists(), "the jail is gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root.display().to_string()), "nothing stays mounted in it: {mounts}");
+    assert!(kernel.is_file(), "the kernel itself stays");
     for cg in [
         "/sys/fs/cgroup/cpu/firecracker/jailed",
         "/sys/fs/cgroup/memory/firecracker/jailed",

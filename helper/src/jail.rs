@@ -1,6 +1,7 @@
-//! Firecracker through its jailer: a chroot under banger's state dir, the daemon's uid and gid,
-//! cgroup limits for CPU and memory, a new PID namespace. The kernel and disk are hard-linked
-//! into the jail after the jailer made it; the console is the descriptor the daemon passed.
+//! Firecracker through its jailer: a chroot on a tmpfs at `<state>/jail`, the daemon's uid and
+//! gid, cgroup limits for CPU and memory, a new PID namespace. The kernel and disk are
+//! bind-mounted into the jail before the jailer runs; the console is the descriptor the daemon
+//! passed.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid};
 use protocol::helper::LaunchSpec;
@@ -69,9 +71,10 @@ impl Jails {
                 "the VM configuration is not JSON of at most 64 KiB",
             ));
         }
+        ensure_tmpfs(&self.base())?;
         self.clean(&spec.vm)?;
         // The jail root, made before the jailer runs so Firecracker finds its files at once: the
-        // kernel and disk linked in, its log and metrics files, its configuration.
+        // kernel and disk bind-mounted in, its log and metrics files, its configuration.
         let root = self.root(&spec.vm);
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::internal(format!("cannot create the jail: {e}")))?;
@@ -85,9 +88,9 @@ impl Jails {
             dir = dir.join(part);
         }
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
-        link_into(&kernel, &root.join("vmlinux"), None)?;
+        bind_into(&kernel, &root.join(BOUND[0]))?;
         if let Some(disk) = &disk {
-            link_into(disk, &root.join("disk.ext4"), Some((self.uid, self.gid)))?;
+            bind_into(disk, &root.join(BOUND[1]))?;
         }
         for name in ["firecracker.log", "metrics.json"] {
             let file = root.join(name);
@@ -212,6 +215,10 @@ impl Jails {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        for file in BOUND {
+            // Not mounted (or no jail): nothing to do.
+            let _ = nix::mount::umount2(&self.root(vm).join(file), MntFlags::MNT_DETACH);
+        }
         let dir = self.dir(vm);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -281,13 +288,41 @@ fn read_pid(root: &Path) -> Result<u32, Error> {
     text.trim().parse().map_err(|_| Error::internal(format!("{} does not hold a pid", file.display())))
 }
 
-/// Hard-links `from` to `to` (same filesystem: both under the state dir), optionally owned.
-fn link_into(from: &Path, to: &Path, owner: Option<(Uid, Gid)>) -> Result<(), Error> {
-    std::fs::hard_link(from, to)
-        .map_err(|e| Error::internal(format!("cannot link {} into the jail: {e}", from.display())))?;
-    if let Some((uid, gid)) = owner {
-        nix::unistd::chown(to, Some(uid), Some(gid))
-            .map_err(|e| Error::internal(format!("cannot chown {}: {e}", to.display())))?;
+/// The files a jail holds that live outside it, bind-mounted in.
+const BOUND: [&str; 2] = ["vmlinux", "disk.ext4"];
+
+/// Bind-mounts the file `from` at `to` (made empty first). `from` was validated by path; it is
+/// opened without following a symlink and the mount names that descriptor, so a symlink swapped
+/// in since cannot point the jail elsewhere.
+fn bind_into(from: &Path, to: &Path) -> Result<(), Error> {
+    let fail = |e: String| Error::internal(format!("cannot put {} into the jail: {e}", from.display()));
+    let source = nix::fcntl::open(
+        from,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    std::fs::File::create(to).map_err(|e| fail(e.to_string()))?;
+    let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&source));
+    nix::mount::mount(Some(via.as_str()), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Mounts a tmpfs of its own at `base` unless it is one already or holds anything (jails from
+/// before, on disk, stay where they are). Jails hold only what a running VMM needs: the jailer's
+/// copy of Firecracker (2.9 MB per VM), sockets, logs, device nodes. Written to disk for every VM,
+/// they kept the host's filesystem busy and every later file operation slowed (the jailer
+/// 2.2 → 6.7 ms over a few hundred VMs). It stays mounted across helper restarts, since running
+/// VMs' jails live there.
+fn ensure_tmpfs(base: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(base)
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", base.display())))?;
+    let on_tmpfs =
+        nix::sys::statfs::statfs(base).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let empty = std::fs::read_dir(base).is_ok_and(|mut d| d.next().is_none());
+    if on_tmpfs || !empty {
+        return Ok(());
     }
-    Ok(())
+    nix::mount::mount(Some("banger-jails"), base, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0711"))
+        .map_err(|e| Error::internal(format!("cannot mount a tmpfs at {}: {e}", base.display())))
 }
