@@ -292,6 +292,13 @@ impl TestHelper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops it the way systemd does (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait for banger-helper")
+    }
 }
 
 impl Drop for TestHelper {

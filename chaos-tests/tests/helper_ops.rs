@@ -135,7 +135,7 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
         capable("kvm", false, "firecracker or /dev/kvm is missing");
         return;
     }
-    let Some((_h, mut c)) = helper(state.path()).await else { return };
+    let Some((mut h, mut c)) = helper(state.path()).await else { return };
     std::fs::create_dir_all(state.path().join("kernels/test")).unwrap();
     let kernel = state.path().join("kernels/test/vmlinux");
     std::fs::copy(TEST_KERNEL, &kernel).unwrap();
@@ -214,6 +214,10 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&root.display().to_string()), "nothing stays mounted in it: {mounts}");
     assert!(kernel.is_file(), "the kernel itself stays");
+    // A helper that stops with no jail left takes its tmpfs with it.
+    assert!(h.terminate().success());
+    let jails = nix::sys::statfs::statfs(&state.path().join("jail")).unwrap();
+    assert_ne!(jails.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC, "the jails' tmpfs is unmounted");
     for cg in [
         "/sys/fs/cgroup/cpu/firecracker/jailed",
         "/sys/fs/cgroup/memory/firecracker/jailed",

@@ -47,6 +47,9 @@ pub async fn run(config: Config) -> Result<(), String> {
         }
     }
     log("stopping");
+    if jails.unmount_if_idle() {
+        log("no jail left: unmounted their tmpfs");
+    }
     let _ = std::fs::remove_file(&config.socket);
     if let Some(p) = &config.pid_file {
         let _ = std::fs::remove_file(p);
