@@ -15,6 +15,24 @@ pub struct VmHost {
     pub bridge: String,
 }
 
+/// The bridge and subnet a test daemon runs with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// A bridge and subnet named for the test (so tests run side by side).
+    Own,
+    /// The daemon's default bridge (named from its state dir), a subnet of the test's.
+    DefaultBridge,
+    /// A bridge of the test's, the subnet the daemon picks (and saves).
+    DefaultSubnet,
+}
+
+/// The bridge bangerd names for a state dir: `banger` + 8 hex digits of sha256(path).
+pub fn default_bridge(state_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("banger{}", hex::encode(&digest[..4]))
+}
+
 impl VmHost {
     /// `None` (after saying why) where this host cannot run VMs.
     pub async fn start() -> Option<Self> {
@@ -23,6 +41,11 @@ impl VmHost {
 
     /// With `owner`, bangerd runs as that uid and gid (the helper stays root and serves it).
     pub async fn start_as(owner: Option<(u32, u32)>) -> Option<Self> {
+        Self::start_with(owner, Net::Own).await
+    }
+
+    /// With `net`, the bridge and subnet the daemon is given.
+    pub async fn start_with(owner: Option<(u32, u32)>, net: Net) -> Option<Self> {
         if !capable("root", is_root(), "VMs need the root helper") {
             return None;
         }
@@ -50,10 +73,13 @@ impl VmHost {
         let helper = TestHelper::start_in(&socket, owner.map_or(0, |o| o.0), dir.path()).await;
         // A bridge and subnet of its own: tests run side by side on one host.
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + std::process::id() as usize % 64 * 4;
-        let (bridge, subnet) = (format!("bangert{:x}", n % 0xffff), format!("10.250.{}.0/24", n % 250));
-        let extra_args = vec!["--bridge".into(), bridge, "--subnet".into(), subnet];
+        let (own_bridge, subnet) = (format!("bangert{:x}", n % 0xffff), format!("10.250.{}.0/24", n % 250));
+        let (bridge, extra_args) = match net {
+            Net::Own => (own_bridge.clone(), vec!["--bridge".into(), own_bridge, "--subnet".into(), subnet]),
+            Net::DefaultBridge => (default_bridge(dir.path()), vec!["--subnet".into(), subnet]),
+            Net::DefaultSubnet => (own_bridge.clone(), vec!["--bridge".into(), own_bridge]),
+        };
         let opts = DaemonOpts { helper_socket: Some(socket), extra_args, user: owner, ..Default::default() };
-        let bridge = opts.extra_args[1].clone();
         let daemon = TestDaemon::start_in(dir, opts).await;
         let host = VmHost { daemon, helper, bridge };
         host.ok(&["kernel", "import", TEST_KERNEL, "--name", "default"]);

@@ -5,7 +5,9 @@
  *   banger.mode=wait                sleeps until Ctrl-Alt-Del arrives on the i8042 (IRQ 1
  *                                   through the 8259 PIC), prints a second marker, then
  *                                   resets: a graceful stop;
- *   banger.mode=hang                sleeps with interrupts off: only a kill stops it.
+ *   banger.mode=hang                sleeps with interrupts off: only a kill stops it;
+ *   banger.mode=echo                like wait, but prints a line for each Ctrl-Alt-Del and
+ *                                   sleeps again: output that comes late, on demand.
  * Waiting is done in 64-bit mode with `hlt` and a real interrupt, so an idle test VM costs no
  * CPU (this host's software KVM fails with KVM_EXIT_INTERNAL_ERROR delivering an interrupt
  * to a 32-bit guest, and a polling guest burns ~70 % of a core).
@@ -54,8 +56,14 @@ scan:
     je to_long
     cmpl $0x676e6168, (%esi)        /* "hang": ignore Ctrl-Alt-Del, so only a kill stops it */
     je hang
+    cmpl $0x6f686365, (%esi)        /* "echo" */
+    je echo
     inc %esi
     jmp scan
+
+echo:
+    movl $1, echo_mode
+    jmp to_long
 
 hang:
     mov $hanging, %esi
@@ -174,6 +182,12 @@ sleep:
     in $0x64, %al
     test $1, %al
     jnz 6b
+    cmpl $0, echo_mode(%rip)
+    je 12f
+    lea echoed(%rip), %rsi
+    call puts64
+    jmp sleep
+12:
     lea stopping(%rip), %rsi
     call puts64
     mov $0xfe, %al
@@ -202,8 +216,11 @@ booted:   .asciz "BANGER-TEST-KERNEL booted\n"
 waiting:  .asciz "BANGER-TEST-KERNEL waiting for ctrl-alt-del\n"
 hanging:  .asciz "BANGER-TEST-KERNEL hanging, ignoring ctrl-alt-del\n"
 stopping: .asciz "BANGER-TEST-KERNEL got ctrl-alt-del, resetting\n"
+echoed:   .asciz "BANGER-TEST-KERNEL echo\n"
 
     .data
+    .balign 8
+echo_mode: .long 0
     .balign 8
 gdt:
     .quad 0

@@ -94,7 +94,12 @@ async fn create_start_stop_kill_restart_rm() {
     assert!(out.starts_with("web running"), "{out}");
     let out = host.cli(&["vm", "rm", "web"]);
     assert_eq!(out.status.code(), Some(4), "a running VM is not removed without --force");
-    assert!(stderr(&out).contains("hint: stop it first, or `banger vm rm -f web`"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("error: VM web is running; cannot remove it"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hint: stop it first (banger vm stop web), or force it: banger vm rm -f web"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(host.ok(&["rm", "-f", "web"]).trim(), "removed web");
     assert!(!host.daemon.dir.path().join("vms/web").exists() && !host.jail("web").exists());
     assert!(host.cgroups_left("web").is_empty());
@@ -170,6 +175,27 @@ async fn bad_requests_are_refused_with_advice() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("a 1 MiB disk cannot hold image base"), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint: pass --disk "), "{}", stderr(&out));
+    // Settings the host or Firecracker cannot give are refused at create, not at start.
+    for (flag, value, says) in [
+        ("--memory", "0", "--memory 0 MiB is out of range"),
+        ("--cpus", "0", "--cpus 0 is out of range"),
+        ("--cpus", "33", "--cpus 33 is out of range"),
+    ] {
+        let out = host.cli(&["vm", "create", "x", "--image", "base", "--no-net", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    // A kernel that cannot boot is refused at import, and a bad kernel name is called one.
+    let mut header = vec![0u8; 64];
+    header[..5].copy_from_slice(b"\x7fELF\x02");
+    (header[16], header[18]) = (2, 0x3e);
+    let bare = host.daemon.dir.path().join("bare.elf");
+    std::fs::write(&bare, &header).unwrap();
+    let out = host.cli(&["kernel", "import", bare.to_str().unwrap(), "--name", "bare"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("its ELF has no loadable segment"), "{}", stderr(&out));
+    let out = host.cli(&["kernel", "import", bare.to_str().unwrap(), "--name", "Bad/Name"]);
+    assert!(stderr(&out).contains("invalid kernel name"), "{}", stderr(&out));
     host.create("dup", "wait");
     let out = host.cli(&["vm", "create", "dup", "--image", "base", "--no-net"]);
     assert_eq!(out.status.code(), Some(4));

@@ -13,10 +13,10 @@ use protocol::channel::{SocketAccess, bind_listener};
 use slog::{Logger, info, o, warn};
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
+use crate::admission;
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::config::Config;
 use crate::connection::{Connection, Deps};
-use crate::peer;
 
 /// Binds the daemon socket: 0600, or 0660 with the configured group.
 pub fn bind(config: &Config) -> Result<OwnedFd, String> {
@@ -94,7 +94,7 @@ impl StreamHandler<std::io::Result<UnixSeqpacket>> for ApiServer {
                 self.log.new(o!("conn" => self.served)),
             ),
             Ok(cred) => (
-                peer::admit(&self.deps.config, &cred),
+                admission::admit(&self.deps.config, &cred),
                 self.log.new(
                     o!("conn" => self.served, "uid" => cred.uid(), "peer_pid" => cred.pid().unwrap_or(0)),
                 ),

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use slog::Logger;
 
 use crate::config::Config;
+use crate::peers::Peers;
 
 /// Sent by a child's guard when the child is gone.
 #[derive(Message)]
@@ -48,6 +49,8 @@ pub struct ChildCtx {
     pub config: Config,
     pub log: Logger,
     pub guard: ChildGuard,
+    /// How it reaches the other actors.
+    pub peers: Peers,
 }
 
 pub struct ChildGuard {

@@ -38,11 +38,11 @@ pub struct Args {
     /// A registry (host[:port]) to reach over plain HTTP; repeatable. Loopback ones always are.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
-    /// The bridge VMs attach to (default banger0).
+    /// The bridge VMs attach to (default: banger and 8 hex digits from the state dir's path).
     #[arg(long)]
     pub bridge: Option<String>,
-    /// The VM subnet, e.g. 172.30.0.0/24 (default: the first of banger's that no host route
-    /// overlaps). The host is .1 on the bridge.
+    /// The VM subnet, e.g. 172.30.0.0/24 (default: the one saved in network.json, else the first
+    /// of banger's that no host route overlaps, then saved). The host is .1 on the bridge.
     #[arg(long)]
     pub subnet: Option<String>,
     /// Refuse an image whose uncompressed content exceeds this many bytes (default 64 GiB).
@@ -74,10 +74,29 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub max_image_bytes: u64,
     pub bridge: String,
-    /// The subnet's network address and prefix length.
-    pub subnet: (std::net::Ipv4Addr, u8),
+    /// The subnet asked for (network address, prefix length); `None`: the saved or a free one.
+    pub subnet: Option<(std::net::Ipv4Addr, u8)>,
     /// VM defaults the settings file gives (the host's own fill the gaps).
     pub vm_defaults: VmDefaults,
+}
+
+#[cfg(test)]
+impl Config {
+    /// A daemon's settings with everything under `dir` and no helper: for actor unit tests.
+    pub fn for_tests(dir: &std::path::Path) -> Self {
+        Config {
+            layout: Layout::under(dir),
+            socket: dir.join("run/bangerd.sock"),
+            owner: Uid::effective(),
+            group: None,
+            helper_socket: None,
+            insecure_registries: vec![],
+            max_image_bytes: 1 << 30,
+            bridge: bridge_for(dir),
+            subnet: Some((std::net::Ipv4Addr::new(10, 250, 250, 0), 24)),
+            vm_defaults: VmDefaults::default(),
+        }
+    }
 }
 
 /// `bangerd.toml`: every key optional; flags win.
@@ -152,6 +171,8 @@ impl Config {
         } else {
             Some(args.helper_socket.clone().unwrap_or_else(|| layout.helper_socket()))
         };
+        let bridge =
+            args.bridge.clone().or(file.network.bridge).unwrap_or_else(|| bridge_for(&layout.state_dir));
         Ok(Config {
             layout,
             socket,
@@ -160,14 +181,22 @@ impl Config {
             helper_socket,
             insecure_registries: [args.insecure_registries.clone(), file.images.insecure_registries].concat(),
             max_image_bytes: args.max_image_bytes.or(file.images.max_image_bytes).unwrap_or(64 << 30),
-            bridge: args.bridge.clone().or(file.network.bridge).unwrap_or_else(|| "banger0".into()),
+            bridge,
             subnet: match args.subnet.as_ref().or(file.network.subnet.as_ref()) {
-                Some(s) => parse_subnet(s)?,
-                None => crate::network::pick_subnet(&crate::network::host_routes()),
+                Some(s) => Some(parse_subnet(s)?),
+                None => None,
             },
             vm_defaults: file.vm,
         })
     }
+}
+
+/// The bridge of a state dir: `banger` and 8 hex digits of its path's hash, so two daemons on
+/// one host never share a bridge, a NAT table (named the same) or a tap.
+pub fn bridge_for(state_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("banger{}", hex::encode(&digest[..4]))
 }
 
 /// `a.b.c.d/p`, p from 16 to 29, as the network address.

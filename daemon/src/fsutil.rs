@@ -2,7 +2,7 @@
 //! an actor's thread, Unix time.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::Error;
@@ -56,6 +56,16 @@ pub async fn blocking<T: Send + 'static>(
 
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Moves a state file that cannot be parsed out of the way, beside itself as
+/// `NAME.corrupt-<unix seconds>`, so it is kept for a look and never read again as state.
+pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{}", now()));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
+use crate::peers::Peers;
 
 const PING_EVERY: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -70,7 +71,7 @@ impl HelperLink {
 
 /// Sends one privileged request through whichever Helper actor runs now, and waits for it.
 pub async fn call(
-    helper: Option<Addr<HelperLink>>,
+    peers: &Peers,
     request: HelperRequest,
     fd: Option<OwnedFd>,
 ) -> Result<HelperResponse, Error> {
@@ -79,9 +80,8 @@ pub async fn call(
             "VMs need the root helper: start banger as root (`sudo banger daemon start`) or install the service",
         )
     };
-    let helper = helper.ok_or_else(|| unavailable("the helper link is restarting"))?;
     let (reply, answer) = oneshot::channel();
-    helper.send(Call { request, fd, reply }).await.map_err(|_| unavailable("the helper link is gone"))?;
+    peers.helper().send(Call { request, fd, reply }).await?;
     match tokio::time::timeout(CALL_TIMEOUT, answer).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(unavailable("the helper link restarted during the request")),

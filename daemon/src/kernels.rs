@@ -12,7 +12,11 @@ use slog::Logger;
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::fsutil::{blocking, now, write_atomic};
-use crate::image_cache::images::validate_name;
+use crate::image_cache::images::validate_object_name;
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    validate_object_name("kernel", name)
+}
 
 /// Kernels bigger than this are not kernels.
 const MAX_KERNEL: u64 = 512 << 20;
@@ -96,13 +100,50 @@ pub fn extract_bzimage(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// Checks that `head` starts an x86-64 ELF executable; explains what it is otherwise.
-pub fn check_elf(head: &[u8]) -> Result<(), Error> {
-    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+/// Checks that `elf` is an x86-64 ELF executable a VMM can load: at least one loadable
+/// segment, each lying inside the file. Explains what it is otherwise.
+pub fn check_elf(elf: &[u8]) -> Result<(), Error> {
+    if elf.len() < 20 || &elf[..4] != b"\x7fELF" {
         return Err(invalid("it is not an ELF file"));
     }
-    if head[4] != 2 || u16::from_le_bytes([head[18], head[19]]) != 0x3e {
+    if elf[4] != 2 || u16::from_le_bytes([elf[18], elf[19]]) != 0x3e {
         return Err(invalid("it is not a 64-bit x86-64 ELF"));
+    }
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8).and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
+    };
+    let truncated = || invalid("its ELF header is truncated");
+    if u16_at(16).ok_or_else(truncated)? != 2 {
+        return Err(invalid("it is an ELF, but not an executable (a kernel's vmlinux is ET_EXEC)"));
+    }
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20).ok_or_else(truncated)?,
+        u16_at(0x36).ok_or_else(truncated)?,
+        u16_at(0x38).ok_or_else(truncated)?,
+    );
+    let mut loadable = 0;
+    for i in 0..phnum {
+        let at = phentsize.checked_mul(i).and_then(|o| o.checked_add(phoff)).filter(|_| phentsize >= 56);
+        let ph = at
+            .and_then(|at| elf.get(at..at.checked_add(56)?))
+            .ok_or_else(|| invalid("its program headers lie outside the file"))?;
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != 1 {
+            continue;
+        }
+        let field =
+            |o: usize| usize::try_from(u64::from_le_bytes(ph[o..o + 8].try_into().unwrap_or([0xff; 8]))).ok();
+        let inside = field(8)
+            .zip(field(32))
+            .and_then(|(off, size)| off.checked_add(size))
+            .is_some_and(|end| end <= elf.len());
+        if !inside {
+            return Err(invalid("a loadable segment lies outside the file (truncated?)"));
+        }
+        loadable += 1;
+    }
+    if loadable == 0 {
+        return Err(invalid("its ELF has no loadable segment"));
     }
     Ok(())
 }
@@ -215,26 +256,54 @@ impl Handler<Describe> for KernelStore {
 
 crate::handle_control!(KernelStore);
 
-/// The error for a request that needs the kernel store while it is restarting.
-pub fn unavailable() -> Error {
-    Error::new(ErrorKind::Unavailable, "the kernel store is restarting").with_hint("retry in a moment")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_x86_64_elf_kernels_are_accepted() {
-        let mut elf = vec![0u8; 64];
+    /// An x86-64 ET_EXEC ELF of `len` bytes with one program header of type `ptype` covering
+    /// `seg` bytes from offset 0x1000.
+    fn elf(len: usize, ptype: u32, seg: u64) -> Vec<u8> {
+        let mut elf = vec![0u8; len];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 2;
+        elf[16] = 2;
         elf[18] = 0x3e;
-        assert!(check_elf(&elf).is_ok());
-        let mut arm = elf.clone();
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&ptype.to_le_bytes());
+        elf[64 + 8..64 + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+        elf[64 + 32..64 + 40].copy_from_slice(&seg.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn only_loadable_x86_64_elf_kernels_are_accepted() {
+        assert!(check_elf(&elf(0x2000, 1, 0x1000)).is_ok());
+        let mut arm = elf(0x2000, 1, 0x1000);
         arm[18] = 0xb7;
         assert!(check_elf(&arm).is_err());
         assert!(check_elf(b"#!/bin/sh").is_err());
+        let message = |e: Error| e.message;
+        // A 64-byte header with no program headers (it imported as a kernel before).
+        let mut bare = elf(0x2000, 1, 0);
+        bare.truncate(64);
+        bare[0x38] = 0;
+        assert!(message(check_elf(&bare).unwrap_err()).contains("no loadable segment"));
+        assert!(
+            message(check_elf(&elf(0x2000, 4, 0x1000)).unwrap_err()).contains("no loadable segment"),
+            "a note only"
+        );
+        assert!(
+            message(check_elf(&elf(0x1800, 1, 0x1000)).unwrap_err()).contains("outside the file"),
+            "truncated"
+        );
+        let mut far = elf(0x2000, 1, 0x1000);
+        far[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(message(check_elf(&far).unwrap_err()).contains("outside the file"), "headers past the end");
+        let mut shared = elf(0x2000, 1, 0x1000);
+        shared[16] = 3;
+        assert!(message(check_elf(&shared).unwrap_err()).contains("not an executable"));
     }
 
     /// A bzImage as the boot protocol lays it out: setup sectors, then the protected-mode part
@@ -252,10 +321,7 @@ mod tests {
     #[test]
     fn a_bzimage_is_unpacked_to_its_elf() {
         use std::io::Write;
-        let mut elf = vec![0u8; 4096];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[18] = 0x3e;
+        let elf = elf(0x2000, 1, 0x1000);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&elf).unwrap();
         assert_eq!(extract_bzimage(&bzimage(&gz.finish().unwrap())).unwrap(), elf);

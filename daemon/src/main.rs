@@ -5,6 +5,7 @@
 #[cfg(all(feature = "chaos", not(debug_assertions)))]
 compile_error!("the `chaos` feature is for test builds only; build releases without it");
 
+mod admission;
 mod api_server;
 mod child;
 mod config;
@@ -17,7 +18,7 @@ mod kernels;
 mod logging;
 mod network;
 mod notify;
-mod peer;
+mod peers;
 mod persist;
 mod store;
 mod supervisor;

@@ -1,7 +1,10 @@
-//! Network: owns the VM subnet's addresses. Leases one per networked VM (persisted in
-//! `network.json`, so a restart hands out no address twice), derives each VM's MAC from its
-//! name, and has the helper create the bridge and NAT the first time a VM needs them. Takes
-//! `LeaseIp`, `ReleaseIp`, `EnsureBridge`, and `Describe`/`Control` from the supervisor.
+//! Network: owns the VM subnet and its addresses. The subnet is chosen once and saved with the
+//! leases in `network.json` (one per networked VM), so a restart moves no VM and hands out no
+//! address twice; a `network.json` that cannot be read is moved aside and the leases are
+//! rebuilt from the VM records (`Claim`, sent by the VmManager as it adopts). Derives each VM's
+//! MAC from its name, and has the helper create the bridge and NAT the first time a VM needs
+//! them. Takes `LeaseIp`, `ReleaseIp`, `Claim`, `EnsureBridge`, `RemoveBridge`, and
+//! `Describe`/`Control` from the supervisor.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -12,11 +15,11 @@ use protocol::helper::{HelperRequest, NetworkSpec};
 use protocol::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use slog::{Logger, info};
+use slog::{Logger, info, warn};
 
 use crate::child::{ChildCtx, ChildGuard, Describe};
+use crate::peers::Peers;
 use crate::persist::Persisted;
-use crate::supervisor::{Lookup, Supervisor};
 
 /// A VM's place on the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +52,16 @@ pub struct ReleaseIp(pub String);
 #[rtype(result = "Result<(), Error>")]
 pub struct EnsureBridge;
 
+/// The addresses the VMs on disk hold (name, address), from their records.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Claim(pub Vec<(String, Ipv4Addr)>);
+
 #[derive(Default, Serialize, Deserialize)]
 struct Leases {
+    /// `a.b.c.0/p`, saved the first time one is chosen (absent in files of older daemons).
+    #[serde(default)]
+    subnet: Option<String>,
     leases: BTreeMap<String, Ipv4Addr>,
 }
 
@@ -59,12 +70,16 @@ pub struct Network {
     /// The writer of `file`.
     leases_file: Persisted,
     bridge: String,
-    /// The subnet's network address and prefix; the host (gateway) is `.1`.
+    /// The subnet asked for in the settings, if any.
+    asked: Option<(Ipv4Addr, u8)>,
+    /// The subnet's network address and prefix; the host (gateway) is `.1`. Settled at start.
     net: Ipv4Addr,
     prefix: u8,
     leases: Leases,
+    /// What happened to an unreadable `network.json`, for `daemon status`.
+    recovered: Option<String>,
     ensured: bool,
-    supervisor: Addr<Supervisor>,
+    peers: Peers,
     log: Logger,
     guard: ChildGuard,
 }
@@ -75,19 +90,26 @@ pub fn mac_for(vm: &str) -> String {
     format!("06:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2], d[3], d[4])
 }
 
-/// The first of banger's candidate subnets that no host route overlaps.
-pub fn pick_subnet(routes: &[(Ipv4Addr, u8)]) -> (Ipv4Addr, u8) {
-    let candidates = [(172, 30), (172, 31), (10, 213), (192, 168)]
-        .map(|(a, b)| (Ipv4Addr::new(a, b, if a == 192 { 213 } else { 0 }, 0), 24u8));
-    let overlaps = |(net, prefix): (Ipv4Addr, u8), (rnet, rprefix): (Ipv4Addr, u8)| {
-        let p = prefix.min(rprefix);
+/// The first of banger's candidate /24s (172.30, 172.31, then 10.213.0–255) that no host route
+/// overlaps (other daemons' bridges included); `None` when every one does.
+pub fn pick_subnet(routes: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
+    let candidates = [Ipv4Addr::new(172, 30, 0, 0), Ipv4Addr::new(172, 31, 0, 0)]
+        .into_iter()
+        .chain((0..=255).map(|c| Ipv4Addr::new(10, 213, c, 0)));
+    let overlaps = |net: Ipv4Addr, (rnet, rprefix): (Ipv4Addr, u8)| {
+        let p = rprefix.min(24);
         let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
         u32::from(net) & mask == u32::from(rnet) & mask
     };
     candidates
         .into_iter()
         .find(|c| routes.iter().filter(|r| r.1 > 0).all(|r| !overlaps(*c, *r)))
-        .unwrap_or(candidates[0])
+        .map(|c| (c, 24))
+}
+
+fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (net, prefix) = s.split_once('/')?;
+    Some((net.parse().ok()?, prefix.parse().ok().filter(|p| (16..=29).contains(p))?))
 }
 
 /// The host's IPv4 routes (destination, prefix), from /proc/net/route.
@@ -105,21 +127,78 @@ pub fn host_routes() -> Vec<(Ipv4Addr, u8)> {
 }
 
 impl Network {
-    pub fn new(cx: ChildCtx, supervisor: Addr<Supervisor>) -> Self {
-        let (net, prefix) = cx.config.subnet;
+    pub fn new(cx: ChildCtx) -> Self {
         let file = cx.config.layout.state_dir.join("network.json");
         Network {
             file: file.clone(),
             leases_file: Persisted::durable(file),
             bridge: cx.config.bridge.clone(),
-            net,
-            prefix,
+            asked: cx.config.subnet,
+            net: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
             leases: Leases::default(),
+            recovered: None,
             ensured: false,
-            supervisor,
+            peers: cx.peers,
             log: cx.log,
             guard: cx.guard,
         }
+    }
+
+    /// Takes the saved state (or what was made of an unreadable file) and settles the subnet:
+    /// the one asked for, else the saved one, else a free one, which is saved.
+    fn load(&mut self, read: std::io::Result<Vec<u8>>) {
+        match read.map(|bytes| serde_json::from_slice::<Leases>(&bytes)) {
+            Ok(Ok(leases)) => self.leases = leases,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => self.corrupt(e.to_string()),
+            Err(e) => self.corrupt(e.to_string()),
+        }
+        let saved = self.leases.subnet.as_deref().and_then(parse_subnet);
+        let (net, prefix) = match (self.asked, saved) {
+            (Some(asked), saved) => {
+                if saved.is_some_and(|s| s != asked) {
+                    warn!(self.log, "the settings name another subnet than the saved one; VMs get new addresses";
+                        "saved" => self.leases.subnet.as_deref().unwrap_or(""));
+                }
+                asked
+            }
+            (None, Some(saved)) => saved,
+            // Every candidate taken: leases are refused with advice (see `lease`).
+            (None, None) => pick_subnet(&host_routes()).unwrap_or((Ipv4Addr::UNSPECIFIED, 0)),
+        };
+        (self.net, self.prefix) = (net, prefix);
+        if prefix > 0 {
+            self.leases.subnet = Some(format!("{net}/{prefix}"));
+            let keep: BTreeMap<String, Ipv4Addr> = std::mem::take(&mut self.leases.leases)
+                .into_iter()
+                .filter(|(_, ip)| self.contains(*ip))
+                .collect();
+            self.leases.leases = keep;
+            let _ = self.save();
+        }
+    }
+
+    /// An unreadable `network.json`: kept aside; the leases come back from the VM records.
+    fn corrupt(&mut self, why: String) {
+        let note = match crate::fsutil::move_aside(&self.file) {
+            Ok(aside) => format!(
+                "network.json was unreadable ({why}); kept as {}, leases rebuilt from the VM records",
+                aside.display()
+            ),
+            Err(e) => format!("network.json was unreadable ({why}) and could not be moved aside: {e}"),
+        };
+        warn!(self.log, "{}", note);
+        self.recovered = Some(note);
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        if self.prefix == 0 {
+            return false;
+        }
+        let mask = u32::MAX << (32 - self.prefix);
+        let host = u32::from(ip) & !mask;
+        u32::from(ip) & mask == u32::from(self.net) && host > 1 && host < !mask
     }
 
     fn gateway(&self) -> Ipv4Addr {
@@ -149,11 +228,10 @@ impl Actor for Network {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let file = self.file.clone();
         let read = async move { tokio::task::spawn_blocking(move || std::fs::read(file)).await };
-        // No lease is handed out before the saved ones are known.
-        ctx.wait(read.into_actor(self).map(|bytes, act, _| {
-            if let Ok(Ok(bytes)) = bytes {
-                act.leases = serde_json::from_slice(&bytes).unwrap_or_default();
-            }
+        // No lease is handed out before the saved ones are known. (Moving a corrupt file
+        // aside is one rename, done inline.)
+        ctx.wait(read.into_actor(self).map(|read, act, _| {
+            act.load(read.unwrap_or_else(|e| Err(std::io::Error::other(e))));
             act.guard.started();
         }));
     }
@@ -175,6 +253,13 @@ impl Handler<LeaseIp> for Network {
 
 impl Network {
     fn lease(&mut self, vm: String) -> Result<Lease, Error> {
+        if self.prefix == 0 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "every subnet banger would pick (172.30/24, 172.31/24, 10.213.0-255/24) overlaps a host route",
+            )
+            .with_hint("name a free one: bangerd --subnet 10.77.0.0/24 (or [network] subnet in bangerd.toml)"));
+        }
         if let Some(ip) = self.leases.leases.get(&vm) {
             return Ok(self.lease_for(&vm, *ip));
         }
@@ -199,6 +284,31 @@ impl Network {
     }
 }
 
+impl Handler<Claim> for Network {
+    type Result = ();
+    /// Each VM keeps the address its record holds; one claimed twice stays with the first.
+    fn handle(&mut self, Claim(claims): Claim, _: &mut Context<Self>) {
+        let mut changed = false;
+        for (vm, ip) in claims {
+            if !self.contains(ip) || self.leases.leases.get(&vm) == Some(&ip) {
+                continue;
+            }
+            if let Some(holder) =
+                self.leases.leases.iter().find(|(_, held)| **held == ip).map(|(n, _)| n.clone())
+            {
+                warn!(self.log, "two VMs claim one address; the first keeps it"; "ip" => %ip, "holder" => holder, "vm" => &vm);
+                continue;
+            }
+            info!(self.log, "lease restored from the VM's record"; "vm" => &vm, "ip" => %ip);
+            self.leases.leases.insert(vm, ip);
+            changed = true;
+        }
+        if changed {
+            let _ = self.save();
+        }
+    }
+}
+
 impl Handler<ReleaseIp> for Network {
     type Result = ();
     fn handle(&mut self, ReleaseIp(vm): ReleaseIp, _: &mut Context<Self>) {
@@ -218,11 +328,8 @@ impl Network {
         let bridge = spec.bridge.clone();
         let request =
             if create { HelperRequest::EnsureNetwork(spec) } else { HelperRequest::RemoveNetwork(spec) };
-        let supervisor = self.supervisor.clone();
-        let work = async move {
-            let helper = supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
-            crate::helper::call(helper, request, None).await.map(|_| bridge)
-        };
+        let peers = self.peers.clone();
+        let work = async move { crate::helper::call(&peers, request, None).await.map(|_| bridge) };
         Box::pin(work.into_actor(self).map(move |done, act, _| {
             if done.is_ok() {
                 act.ensured = create;
@@ -257,13 +364,18 @@ impl Handler<RemoveBridge> for Network {
 impl Handler<Describe> for Network {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
-        Some(format!(
+        let mut line = format!(
             "{} on {}/{}, {} lease(s)",
             self.bridge,
             self.gateway(),
             self.prefix,
             self.leases.leases.len()
-        ))
+        );
+        if let Some(note) = &self.recovered {
+            line.push_str("; ");
+            line.push_str(note);
+        }
+        Some(line)
     }
 }
 
@@ -283,13 +395,24 @@ mod tests {
 
     #[test]
     fn the_default_subnet_avoids_host_routes() {
-        assert_eq!(pick_subnet(&[]), (Ipv4Addr::new(172, 30, 0, 0), 24));
-        let taken = [(Ipv4Addr::new(172, 16, 0, 0), 12), (Ipv4Addr::new(0, 0, 0, 0), 0)];
+        assert_eq!(pick_subnet(&[]), Some((Ipv4Addr::new(172, 30, 0, 0), 24)));
+        let mut taken = vec![(Ipv4Addr::new(172, 16, 0, 0), 12), (Ipv4Addr::new(0, 0, 0, 0), 0)];
         assert_eq!(
             pick_subnet(&taken),
-            (Ipv4Addr::new(10, 213, 0, 0), 24),
+            Some((Ipv4Addr::new(10, 213, 0, 0), 24)),
             "the default route does not count"
         );
+        taken.push((Ipv4Addr::new(10, 213, 0, 0), 24));
+        assert_eq!(pick_subnet(&taken), Some((Ipv4Addr::new(10, 213, 1, 0), 24)), "another daemon's bridge");
+        taken.push((Ipv4Addr::new(10, 0, 0, 0), 8));
+        assert_eq!(pick_subnet(&taken), None, "all taken: no silent overlap");
+    }
+
+    #[test]
+    fn saved_subnets_parse_back() {
+        assert_eq!(parse_subnet("10.213.4.0/24"), Some((Ipv4Addr::new(10, 213, 4, 0), 24)));
+        assert_eq!(parse_subnet("10.213.4.0/8"), None);
+        assert_eq!(parse_subnet("junk"), None);
     }
 
     #[test]
@@ -299,7 +422,7 @@ mod tests {
             gateway: Ipv4Addr::new(172, 30, 0, 1),
             prefix: 24,
             mac: mac_for("x"),
-            bridge: "banger0".into(),
+            bridge: "bangerab12cd34".into(),
         };
         assert_eq!(l.kernel_arg(), "ip=172.30.0.5::172.30.0.1:255.255.255.0::eth0:off:172.30.0.1");
     }

@@ -22,6 +22,7 @@ use crate::image_cache::ImageCache;
 use crate::kernels::KernelStore;
 use crate::network::Network;
 use crate::notify::Notifier;
+use crate::peers::{Peers, Started};
 use crate::store::Store;
 use crate::vm_manager::VmManager;
 use crate::vmm::firecracker::Firecracker;
@@ -77,35 +78,9 @@ pub struct GetStatus;
 #[rtype(result = "Result<(), Error>")]
 pub struct Chaos(pub ChaosAction);
 
-#[derive(Message)]
-#[rtype(result = "Peers")]
-pub struct Lookup;
-
 struct Handle {
     describe: Recipient<Describe>,
     control: Recipient<Control>,
-    /// The typed address, for the children others talk to directly.
-    peer: Peer,
-}
-
-#[derive(Clone)]
-enum Peer {
-    None,
-    Images(Addr<ImageCache>),
-    Helper(Addr<HelperLink>),
-    Kernels(Addr<KernelStore>),
-    Network(Addr<Network>),
-    Vms(Addr<VmManager>),
-}
-
-/// The current addresses of the children other actors talk to (they change on restarts).
-#[derive(Default, Clone)]
-pub struct Peers {
-    pub images: Option<Addr<ImageCache>>,
-    pub helper: Option<Addr<HelperLink>>,
-    pub kernels: Option<Addr<KernelStore>>,
-    pub network: Option<Addr<Network>>,
-    pub vms: Option<Addr<VmManager>>,
 }
 
 impl Handle {
@@ -113,7 +88,7 @@ impl Handle {
     where
         A: Actor<Context = Context<A>> + Handler<Describe> + Handler<Control>,
     {
-        Handle { describe: addr.clone().recipient(), control: addr.recipient(), peer: Peer::None }
+        Handle { describe: addr.clone().recipient(), control: addr.recipient() }
     }
 }
 
@@ -136,6 +111,8 @@ pub struct Supervisor {
     config: Config,
     listener: OwnedFd,
     log: Logger,
+    /// Where every child finds the others; written here as each one starts.
+    peers: Peers,
     notifier: Notifier,
     started_at: Instant,
     slots: Vec<Slot>,
@@ -166,6 +143,7 @@ impl Supervisor {
             config,
             listener,
             log,
+            peers: Peers::default(),
             notifier,
             started_at: Instant::now(),
             slots,
@@ -173,22 +151,6 @@ impl Supervisor {
             ready: false,
             shutting_down: false,
         }
-    }
-
-    /// The current addresses of the children others talk to.
-    fn peers(&self) -> Peers {
-        let mut peers = Peers::default();
-        for handle in self.slots.iter().filter_map(|s| s.handle.as_ref()) {
-            match &handle.peer {
-                Peer::Images(a) => peers.images = Some(a.clone()),
-                Peer::Helper(a) => peers.helper = Some(a.clone()),
-                Peer::Kernels(a) => peers.kernels = Some(a.clone()),
-                Peer::Network(a) => peers.network = Some(a.clone()),
-                Peer::Vms(a) => peers.vms = Some(a.clone()),
-                Peer::None => {}
-            }
-        }
-        peers
     }
 
     fn slot(&mut self, name: &str) -> Option<&mut Slot> {
@@ -211,33 +173,22 @@ impl Supervisor {
         let cx = ChildCtx {
             config: self.config.clone(),
             log: self.log.new(o!("actor" => name, "incarnation" => incarnation)),
-            guard: ChildGuard::new(name, incarnation, me.clone().recipient(), me.clone().recipient(), fail),
+            guard: ChildGuard::new(name, incarnation, me.clone().recipient(), me.recipient(), fail),
+            peers: self.peers.clone(),
         };
+        let peers = self.peers.clone();
         let handle = match child {
             Child::Store => Some(Handle::of(Store::new(cx).start())),
-            Child::Helper => {
-                let addr = HelperLink::new(cx).start();
-                Some(Handle { peer: Peer::Helper(addr.clone()), ..Handle::of(addr) })
-            }
-            Child::Images => {
-                let addr = ImageCache::new(cx).start();
-                Some(Handle { peer: Peer::Images(addr.clone()), ..Handle::of(addr) })
-            }
-            Child::Kernels => {
-                let addr = KernelStore::new(cx).start();
-                Some(Handle { peer: Peer::Kernels(addr.clone()), ..Handle::of(addr) })
-            }
-            Child::Network => {
-                let addr = Network::new(cx, me.clone()).start();
-                Some(Handle { peer: Peer::Network(addr.clone()), ..Handle::of(addr) })
-            }
+            Child::Helper => Some(self.publish(HelperLink::new(cx).start(), Started::Helper)),
+            Child::Images => Some(self.publish(ImageCache::new(cx).start(), Started::Images)),
+            Child::Kernels => Some(self.publish(KernelStore::new(cx).start(), Started::Kernels)),
+            Child::Network => Some(self.publish(Network::new(cx).start(), Started::Network)),
             Child::Vms => {
-                let vmm = Arc::new(Firecracker::new(me.clone()));
-                let addr = VmManager::new(cx, me.clone(), vmm).start();
-                Some(Handle { peer: Peer::Vms(addr.clone()), ..Handle::of(addr) })
+                let vmm = Arc::new(Firecracker::new(peers));
+                Some(self.publish(VmManager::new(cx, vmm).start(), Started::Vms))
             }
             Child::Api => {
-                let deps = Deps { config: self.config.clone(), supervisor: me };
+                let deps = Deps { config: self.config.clone(), peers };
                 match ApiServer::new(cx, &self.listener, deps) {
                     Ok(api) => Some(Handle::of(api.start())),
                     // The guard was dropped with it, so the exit is already on its way.
@@ -249,6 +200,15 @@ impl Supervisor {
             }
         };
         self.slots[index].handle = handle;
+    }
+
+    /// Records a child others talk to in the peers handle.
+    fn publish<A>(&self, addr: Addr<A>, as_peer: fn(Addr<A>) -> Started) -> Handle
+    where
+        A: Actor<Context = Context<A>> + Handler<Describe> + Handler<Control>,
+    {
+        self.peers.started(as_peer(addr.clone()));
+        Handle::of(addr)
     }
 
     /// Stops the last child still up; called again as each one exits.
@@ -298,6 +258,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.peers.set_supervisor(ctx.address());
         self.notifier.status("starting");
         for index in 0..self.slots.len() {
             self.start_child(index, ctx);
@@ -425,13 +386,6 @@ impl Handler<GetStatus> for Supervisor {
     }
 }
 
-impl Handler<Lookup> for Supervisor {
-    type Result = MessageResult<Lookup>;
-    fn handle(&mut self, _: Lookup, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.peers())
-    }
-}
-
 impl Handler<Chaos> for Supervisor {
     type Result = Result<(), Error>;
 
@@ -447,12 +401,7 @@ impl Handler<Chaos> for Supervisor {
         }
         // `vm/NAME`: the VM's own actor, supervised by the VmManager.
         if let Some(vm) = actor.strip_prefix("vm/") {
-            let vms = self
-                .peers()
-                .vms
-                .ok_or_else(|| Error::new(ErrorKind::Conflict, "the VM manager is not running"))?;
-            vms.do_send(crate::vm_manager::ChaosVm { name: vm.to_string(), control });
-            return Ok(());
+            return self.peers.vms().tell(crate::vm_manager::ChaosVm { name: vm.to_string(), control });
         }
         let names = CHILDREN.map(Child::name).join(", ");
         let slot = self.slot(&actor).ok_or_else(|| {

@@ -98,18 +98,23 @@ pub fn remove(bridge: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The tap's name: 15 bytes at most, so derived from a hash of the (validated) VM name.
-pub fn tap_name(vm: &str) -> String {
-    let digest = Sha256::digest(vm.as_bytes());
+/// The tap's name: 15 bytes at most, so derived from a hash of the state dir and the
+/// (validated) VM name: two daemons' VMs of one name get two taps.
+pub fn tap_name(state_dir: &Path, vm: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(state_dir.as_os_str().as_encoded_bytes());
+    hasher.update(b"\0");
+    hasher.update(vm.as_bytes());
+    let digest = hasher.finalize();
     format!("bgt{}", hex::encode(&digest[..6]))
 }
 
-pub fn create_tap(vm: &str, bridge: &str, owner: u32) -> Result<String, Error> {
+pub fn create_tap(state_dir: &Path, vm: &str, bridge: &str, owner: u32) -> Result<String, Error> {
     if !exists(bridge) {
         return Err(Error::new(ErrorKind::Conflict, format!("the bridge {bridge} does not exist"))
             .with_hint("the daemon creates it first (EnsureNetwork)"));
     }
-    let tap = tap_name(vm);
+    let tap = tap_name(state_dir, vm);
     if exists(&tap) {
         run("ip", &["link", "del", &tap], None)?;
     }
@@ -118,8 +123,8 @@ pub fn create_tap(vm: &str, bridge: &str, owner: u32) -> Result<String, Error> {
     Ok(tap)
 }
 
-pub fn delete_tap(vm: &str) -> Result<(), Error> {
-    let tap = tap_name(vm);
+pub fn delete_tap(state_dir: &Path, vm: &str) -> Result<(), Error> {
+    let tap = tap_name(state_dir, vm);
     if exists(&tap) {
         run("ip", &["link", "del", &tap], None)?;
     }
@@ -132,9 +137,11 @@ mod tests {
 
     #[test]
     fn tap_names_fit_an_interface_name() {
-        let t = tap_name(&"a".repeat(63));
+        let (one, two) = (Path::new("/var/lib/banger"), Path::new("/tmp/other"));
+        let t = tap_name(one, &"a".repeat(63));
         assert_eq!(t.len(), 15);
-        assert_ne!(tap_name("web"), tap_name("web2"));
+        assert_ne!(tap_name(one, "web"), tap_name(one, "web2"));
+        assert_ne!(tap_name(one, "web"), tap_name(two, "web"), "each state dir its own taps");
         assert_eq!(network(Ipv4Addr::new(172, 30, 0, 1), 24), "172.30.0.0/24");
     }
 }

@@ -156,11 +156,12 @@ fn act(
         HelperRequest::CreateTap { vm, bridge } => {
             validate::vm_name(&vm)?;
             validate::bridge_name(&bridge)?;
-            net::create_tap(&vm, &bridge, owner.as_raw()).map(|name| HelperResponse::Tap { name })
+            net::create_tap(&jails.state_dir, &vm, &bridge, owner.as_raw())
+                .map(|name| HelperResponse::Tap { name })
         }
         HelperRequest::DeleteTap { vm } => {
             validate::vm_name(&vm)?;
-            net::delete_tap(&vm).map(|()| HelperResponse::Ok)
+            net::delete_tap(&jails.state_dir, &vm).map(|()| HelperResponse::Ok)
         }
         HelperRequest::LaunchVm(spec) => jails
             .launch(&spec, console)

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{Error, ErrorKind};
+
 /// What `banger vm create` asks for; the daemon fills in host-aware defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmCreate {
@@ -40,6 +42,77 @@ pub enum VmState {
     Stopping,
     Stopped,
     Failed(String),
+    /// Its record could not be read (the reason says why, and where the bad file was put). Its
+    /// name and disk are kept until the user removes it. Since protocol 3.
+    Damaged(String),
+}
+
+/// What a user can ask of a VM, for the rules in [`VmState::allows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    Start,
+    Stop,
+    Kill,
+    Remove,
+}
+
+impl VmAction {
+    fn verb(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Stop => "stop",
+            VmAction::Kill => "kill",
+            VmAction::Remove => "remove",
+        }
+    }
+}
+
+/// The VM state rules, in one place: every handler asks these.
+impl VmState {
+    /// A VMM may be running: starting, running or stopping.
+    pub fn is_active(&self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+    }
+
+    /// Whether `action` may be taken in this state. Stopping or killing a VM that is not
+    /// running is allowed and does nothing, as `docker stop` does.
+    pub fn allows(&self, action: VmAction) -> bool {
+        match (self, action) {
+            (VmState::Damaged(_), VmAction::Remove) => true,
+            (VmState::Damaged(_), _) => false,
+            (_, VmAction::Start) => matches!(self, VmState::Created | VmState::Stopped | VmState::Failed(_)),
+            (_, VmAction::Stop) => !matches!(self, VmState::Starting),
+            (_, VmAction::Kill) => true,
+            (_, VmAction::Remove) => !self.is_active(),
+        }
+    }
+
+    /// `Ok` where `action` is allowed; else the error that says why not and what would help.
+    pub fn check(&self, vm: &str, action: VmAction) -> Result<(), Error> {
+        if self.allows(action) {
+            return Ok(());
+        }
+        let hint = match (self, action) {
+            (VmState::Damaged(_), _) => format!("its record is unreadable; remove it: banger vm rm {vm}"),
+            (VmState::Running, VmAction::Start) => {
+                format!("it is already running; to reboot it: banger vm restart {vm}")
+            }
+            (VmState::Starting | VmState::Stopping, _) => {
+                format!("wait until it settles: banger vm inspect {vm}")
+            }
+            (_, VmAction::Remove) => {
+                format!("stop it first (banger vm stop {vm}), or force it: banger vm rm -f {vm}")
+            }
+            _ => format!("see its state: banger vm inspect {vm}"),
+        };
+        let state = match self {
+            VmState::Failed(_) => "failed".to_string(),
+            VmState::Damaged(_) => "damaged".to_string(),
+            other => other.to_string(),
+        };
+        Err(Error::new(ErrorKind::Conflict, format!("VM {vm} is {state}; cannot {} it", action.verb()))
+            .with_hint(hint))
+    }
 }
 
 impl std::fmt::Display for VmState {
@@ -51,6 +124,7 @@ impl std::fmt::Display for VmState {
             VmState::Stopping => f.write_str("stopping"),
             VmState::Stopped => f.write_str("stopped"),
             VmState::Failed(why) => write!(f, "failed: {why}"),
+            VmState::Damaged(why) => write!(f, "damaged: {why}"),
         }
     }
 }
@@ -76,4 +150,58 @@ pub struct KernelInfo {
     /// Unix seconds.
     pub added_at: u64,
     pub source: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VmAction::{Kill, Remove, Start, Stop};
+    use super::*;
+
+    /// Every state against every action: the whole table, so a change to one rule shows here.
+    #[test]
+    fn every_state_and_action() {
+        let failed = VmState::Failed("x".into());
+        let damaged = VmState::Damaged("x".into());
+        #[rustfmt::skip]
+        let table: [(&VmState, [bool; 4]); 7] = [
+            //                        start  stop   kill   remove
+            (&VmState::Created,      [true,  true,  true,  true ]),
+            (&VmState::Starting,     [false, false, true,  false]),
+            (&VmState::Running,      [false, true,  true,  false]),
+            (&VmState::Stopping,     [false, true,  true,  false]),
+            (&VmState::Stopped,      [true,  true,  true,  true ]),
+            (&failed,                [true,  true,  true,  true ]),
+            (&damaged,               [false, false, false, true ]),
+        ];
+        for (state, allowed) in table {
+            for (action, ok) in [Start, Stop, Kill, Remove].into_iter().zip(allowed) {
+                assert_eq!(state.allows(action), ok, "{state} {action:?}");
+                let checked = state.check("web", action);
+                assert_eq!(checked.is_ok(), ok, "{state} {action:?}");
+                if let Err(e) = checked {
+                    assert_eq!(e.kind, ErrorKind::Conflict);
+                    assert!(e.message.starts_with("VM web is "), "{}", e.message);
+                    assert!(e.hint.as_deref().is_some_and(|h| h.contains("banger vm")), "{e:?}");
+                }
+            }
+        }
+        assert!(
+            VmState::Running.is_active() && VmState::Starting.is_active() && VmState::Stopping.is_active()
+        );
+        assert!(!VmState::Created.is_active() && !failed.is_active() && !damaged.is_active());
+    }
+
+    #[test]
+    fn refusals_name_the_state_action_and_a_command() {
+        let e = VmState::Running.check("web", Remove).unwrap_err();
+        assert_eq!(e.message, "VM web is running; cannot remove it");
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("stop it first (banger vm stop web), or force it: banger vm rm -f web")
+        );
+        let e = VmState::Running.check("web", Start).unwrap_err();
+        assert_eq!(e.hint.as_deref(), Some("it is already running; to reboot it: banger vm restart web"));
+        let e = VmState::Damaged("vm.json is corrupt".into()).check("web", Start).unwrap_err();
+        assert_eq!(e.message, "VM web is damaged; cannot start it");
+    }
 }

@@ -118,11 +118,12 @@ fn table(list: &[VmInfo], out: &Output) -> String {
     for v in list {
         let state = match &v.state {
             protocol::vm::VmState::Failed(_) => "failed".to_string(),
+            protocol::vm::VmState::Damaged(_) => "damaged".to_string(),
             s => s.to_string(),
         };
         let tone = match v.state {
             protocol::vm::VmState::Running => Tone::Good,
-            protocol::vm::VmState::Failed(_) => Tone::Bad,
+            protocol::vm::VmState::Failed(_) | protocol::vm::VmState::Damaged(_) => Tone::Bad,
             _ => Tone::Dim,
         };
         let pid = v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());

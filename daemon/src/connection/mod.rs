@@ -1,13 +1,15 @@
 //! Connection: one per client. Runs the handshake, then routes each [`Request`] to the actor
-//! that owns the answer and writes the reply. Its session runs as a future inside the actor's
-//! context, so the session ends when the actor stops and the actor stops when the session ends.
-//! Tells its ApiServer when it closes.
+//! that owns the answer and writes the reply: each arm of the router is one call, and the
+//! decisions are the actors' (the VmManager's for anything that needs every VM). Its session
+//! runs as a future inside the actor's context, so the session ends when the actor stops and
+//! the actor stops when the session ends. Tells its ApiServer when it closes.
 
-mod vms;
+#[cfg(test)]
+mod tests;
 
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
-use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use protocol::channel::{Channel, WireError, server_handshake};
 use protocol::daemon::{ChaosAction, Request, Response, VersionInfo};
@@ -18,14 +20,20 @@ use tokio_seqpacket::UnixSeqpacket;
 
 use crate::api_server::ConnectionClosed;
 use crate::config::Config;
-use crate::image_cache::{self, InspectImage, ListImages, Prune, RemoveImage, StartImport, StartPull};
-use crate::supervisor::{Chaos, GetStatus, Lookup, Shutdown, Supervisor};
+use crate::image_cache::{InspectImage, ListImages, Prune, PullHandle, StartImport, StartPull};
+use crate::kernels::{ImportKernel, ListKernels};
+use crate::peers::{Peers, restarting};
+use crate::supervisor::{Chaos, GetStatus, Shutdown};
+use crate::vm::follow::Chunk;
+use crate::vm_manager::{
+    CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall,
+};
 
 /// What a connection needs to answer requests.
 #[derive(Clone)]
 pub struct Deps {
     pub config: Config,
-    pub supervisor: Addr<Supervisor>,
+    pub peers: Peers,
 }
 
 pub struct Connection {
@@ -93,6 +101,35 @@ async fn serve(mut chan: Channel, verdict: Result<(), Error>, deps: Deps, log: L
     }
 }
 
+/// What a request is answered with: one response, or a stream of them.
+enum Reply {
+    One(Box<Response>),
+    /// A pull's or an import's progress, then its result.
+    Pull(PullHandle),
+    /// Console output, then `Ok`.
+    Log(tokio::sync::mpsc::Receiver<Chunk>),
+    /// `Ok` first, then the shutdown begins.
+    Shutdown,
+    /// Chaos: the payload, this many times.
+    Echo(Vec<u8>, u32),
+}
+
+fn reply(response: Response) -> Reply {
+    Reply::One(Box::new(response))
+}
+
+/// `ok` of an answer's value, or its error, as the reply.
+fn one<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Reply {
+    reply(match result {
+        Ok(v) => ok(v),
+        Err(e) => Response::Error(e),
+    })
+}
+
+fn stream<T>(result: Result<T, Error>, as_reply: impl FnOnce(T) -> Reply) -> Reply {
+    result.map_or_else(|e| reply(Response::Error(e)), as_reply)
+}
+
 async fn route(
     chan: &Channel,
     request: Request,
@@ -100,51 +137,91 @@ async fn route(
     version: u32,
     deps: &Deps,
 ) -> Result<(), WireError> {
+    let p = &deps.peers;
+    let ms = Duration::from_millis;
     let reply = match request {
-        Request::Ping => Response::Pong,
-        Request::Version => Response::Version(version_info(version)),
-        Request::Status => match deps.supervisor.send(GetStatus).await {
-            Ok(mut report) => {
-                report.version.protocol = version;
-                Response::Status(report)
+        Request::Ping => reply(Response::Pong),
+        Request::Version => reply(Response::Version(version_info(version))),
+        Request::Status => one(p.supervisor().send(GetStatus).await, |mut report| {
+            report.version.protocol = version;
+            Response::Status(report)
+        }),
+        Request::Shutdown => Reply::Shutdown,
+        Request::Chaos(action) => chaos(action, p).await,
+        Request::ImagePull(pull) => stream(p.images().send(StartPull(pull)).await, Reply::Pull),
+        Request::ImageImport { name, size, file } => stream(
+            async {
+                p.images().send(StartImport { name, size, file, input: passed(fd, "image import")? }).await
             }
-            Err(e) => Response::Error(Error::new(
-                ErrorKind::Unavailable,
-                format!("the supervisor did not answer: {e}"),
-            )),
-        },
-        Request::Shutdown => {
-            chan.send(&Response::Ok, false).await?;
-            deps.supervisor.do_send(Shutdown { reason: "requested by a client" });
-            return Ok(());
-        }
-        Request::VmCreate(_)
-        | Request::VmStart { .. }
-        | Request::VmStop { .. }
-        | Request::VmKill { .. }
-        | Request::VmRestart { .. }
-        | Request::VmRemove { .. }
-        | Request::VmList { .. }
-        | Request::VmInspect { .. }
-        | Request::VmLogs { .. }
-        | Request::VmPrune
-        | Request::KernelImport { .. }
-        | Request::KernelList
-        | Request::KernelRemove { .. }
-        | Request::SystemUninstall => return vms::route(chan, request, fd, deps).await,
-        Request::Chaos(action) if cfg!(feature = "chaos") => return chaos(chan, action, deps).await,
-        Request::ImagePull(_)
-        | Request::ImageList
-        | Request::ImageInspect { .. }
-        | Request::ImageRemove { .. }
-        | Request::ImageImport { .. }
-        | Request::CachePrune { .. } => return image_request(chan, request, fd, deps).await,
-        Request::Chaos(_) => Response::Error(
-            Error::new(ErrorKind::InvalidInput, "this bangerd was built without fault injection")
-                .with_hint("build it with `--features chaos` to run chaos-tests"),
+            .await,
+            Reply::Pull,
         ),
+        Request::ImageList => one(p.images().ask(ListImages).await, Response::Images),
+        Request::ImageInspect { name } => one(p.images().ask(InspectImage(name)).await, Response::Image),
+        Request::ImageRemove { name, force } => {
+            one(p.vms().ask(RemoveImage { name, force }).await, |()| Response::Ok)
+        }
+        Request::CachePrune { dry_run } => one(prune(p, dry_run).await, Response::Pruned),
+        Request::VmCreate(create) => one(p.vms().ask(CreateVm(create)).await, Response::Vm),
+        Request::VmStart { name } => one(p.vms().ask(Lifecycle::Start(name)).await, Response::Vm),
+        Request::VmStop { name, timeout_ms } => {
+            one(p.vms().ask(Lifecycle::Stop(name, ms(timeout_ms))).await, Response::Vm)
+        }
+        Request::VmKill { name } => one(p.vms().ask(Lifecycle::Kill(name)).await, Response::Vm),
+        Request::VmRestart { name, timeout_ms } => {
+            one(p.vms().ask(Lifecycle::Restart(name, ms(timeout_ms))).await, Response::Vm)
+        }
+        Request::VmRemove { name, force } => {
+            one(p.vms().ask(RemoveVm { name, force }).await, |()| Response::Ok)
+        }
+        Request::VmList { all } => one(p.vms().ask(ListVms { all }).await, Response::Vms),
+        Request::VmInspect { name } => one(p.vms().ask(Lifecycle::Inspect(name)).await, Response::Vm),
+        Request::VmLogs { name, follow } => stream(p.vms().ask(Logs { name, follow }).await, Reply::Log),
+        Request::VmPrune => one(p.vms().ask(PruneVms).await, Response::Removed),
+        Request::KernelImport { name, file } => one(
+            async {
+                p.kernels()
+                    .ask(ImportKernel { name, source: file, input: passed(fd, "kernel import")? })
+                    .await
+            }
+            .await,
+            Response::Kernel,
+        ),
+        Request::KernelList => one(p.kernels().ask(ListKernels).await, Response::Kernels),
+        Request::KernelRemove { name } => one(p.vms().ask(RemoveKernel(name)).await, |()| Response::Ok),
+        Request::SystemUninstall => one(p.vms().ask(Uninstall).await, Response::Removed),
     };
-    chan.send(&reply, false).await
+    match reply {
+        Reply::One(response) => chan.send(&response, false).await,
+        Reply::Pull(handle) => send_pull(chan, handle).await,
+        Reply::Log(chunks) => send_log(chan, chunks).await,
+        Reply::Shutdown => {
+            chan.send(&Response::Ok, false).await?;
+            // A supervisor that is gone is already shutting down.
+            let _ = p.supervisor().tell(Shutdown { reason: "requested by a client" });
+            Ok(())
+        }
+        Reply::Echo(payload, repeat) => {
+            let echo = Response::Echo(payload);
+            for i in 0..repeat {
+                chan.send(&echo, i + 1 < repeat).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The file a request came with (SCM_RIGHTS), as imports need.
+fn passed(fd: Option<OwnedFd>, what: &str) -> Result<std::fs::File, Error> {
+    fd.map(std::fs::File::from).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidInput, format!("an {what} needs the file passed as a descriptor"))
+            .with_hint(format!("use `banger {what} FILE --name NAME`"))
+    })
+}
+
+async fn prune(p: &Peers, dry_run: bool) -> Result<protocol::image::PruneReport, Error> {
+    let report = p.images().send(Prune { dry_run }).await?;
+    report.await.map_err(|_| restarting("image cache"))?
 }
 
 pub fn version_info(protocol: u32) -> VersionInfo {
@@ -158,124 +235,46 @@ pub fn version_info(protocol: u32) -> VersionInfo {
 /// The most frames one `Echo` may ask for.
 const MAX_ECHO_FRAMES: u32 = 10_000;
 
-async fn chaos(chan: &Channel, action: ChaosAction, deps: &Deps) -> Result<(), WireError> {
-    if let ChaosAction::Echo { payload, repeat } = action {
-        if repeat > MAX_ECHO_FRAMES {
-            let e =
-                Error::new(ErrorKind::InvalidInput, format!("echo repeat is capped at {MAX_ECHO_FRAMES}"));
-            return chan.send(&Response::Error(e), false).await;
-        }
-        if repeat == 0 {
-            return chan.send(&Response::Ok, false).await;
-        }
-        let reply = Response::Echo(payload);
-        for i in 0..repeat {
-            chan.send(&reply, i + 1 < repeat).await?;
-        }
-        return Ok(());
+/// Fault injection (chaos builds only): `Echo` is answered here; the rest goes to the
+/// supervisor.
+async fn chaos(action: ChaosAction, p: &Peers) -> Reply {
+    if !cfg!(feature = "chaos") {
+        return reply(Response::Error(
+            Error::new(ErrorKind::InvalidInput, "this bangerd was built without fault injection")
+                .with_hint("build it with `--features chaos` to run chaos-tests"),
+        ));
     }
-    let reply = match deps.supervisor.send(Chaos(action)).await {
-        Ok(Ok(())) => Response::Ok,
-        Ok(Err(e)) => Response::Error(e),
-        Err(e) => Response::Error(Error::internal(format!("the supervisor did not answer: {e}"))),
-    };
-    chan.send(&reply, false).await
-}
-
-/// Routes an image request to the ImageCache and streams its answer back.
-async fn image_request(
-    chan: &Channel,
-    request: Request,
-    fd: Option<OwnedFd>,
-    deps: &Deps,
-) -> Result<(), WireError> {
-    let Ok(Some(images)) = deps.supervisor.send(Lookup).await.map(|p| p.images) else {
-        return chan.send(&Response::Error(image_cache::unavailable()), false).await;
-    };
-    let gone = |e: actix::MailboxError| Error::internal(format!("the image cache did not answer: {e}"));
-    let response = match request {
-        Request::ImagePull(pull) => match images.send(StartPull(pull)).await {
-            Ok(handle) => return stream_image(chan, handle).await,
-            Err(e) => Response::Error(gone(e)),
-        },
-        Request::ImageImport { name, size, file } => {
-            let Some(fd) = fd else {
-                let e = Error::new(
-                    ErrorKind::InvalidInput,
-                    "an import needs the tar passed as a file descriptor",
-                )
-                .with_hint("use `banger image import FILE --name NAME`");
-                return chan.send(&Response::Error(e), false).await;
-            };
-            match images.send(StartImport { name, size, file, input: std::fs::File::from(fd) }).await {
-                Ok(handle) => return stream_image(chan, handle).await,
-                Err(e) => Response::Error(gone(e)),
-            }
-        }
-        Request::ImageList => reply(ask(&images, ListImages).await, Response::Images),
-        Request::ImageInspect { name } => reply(ask(&images, InspectImage(name)).await, Response::Image),
-        Request::ImageRemove { name, force } => {
-            // A VM's disk is a clone, so removing its image breaks nothing; still, a VM made
-            // from it keeps it unless the user insists.
-            let vms = match deps.supervisor.send(Lookup).await.ok().and_then(|p| p.vms) {
-                Some(vms) => vms.send(crate::vm_manager::ListVms).await.unwrap_or_default(),
-                None => vec![],
-            };
-            let users: Vec<String> =
-                vms.into_iter().filter(|v| v.spec.image == name).map(|v| v.name).collect();
-            if !force && !users.is_empty() {
-                Response::Error(
-                    Error::new(
-                        ErrorKind::Conflict,
-                        format!("image {name} is used by VM(s) {}", users.join(", ")),
-                    )
-                    .with_hint(format!("remove them first, or `banger image rm --force {name}`")),
-                )
-            } else {
-                reply(ask(&images, RemoveImage { name }).await, |()| Response::Ok)
-            }
-        }
-        Request::CachePrune { dry_run } => match images.send(Prune { dry_run }).await {
-            Ok(rx) => match rx.await {
-                Ok(Ok(report)) => Response::Pruned(report),
-                Ok(Err(e)) => Response::Error(e),
-                Err(_) => Response::Error(image_cache::unavailable()),
-            },
-            Err(e) => Response::Error(gone(e)),
-        },
-        _ => Response::Error(Error::internal("not an image request")),
-    };
-    chan.send(&response, false).await
+    match action {
+        ChaosAction::Echo { repeat, .. } if repeat > MAX_ECHO_FRAMES => reply(Response::Error(Error::new(
+            ErrorKind::InvalidInput,
+            format!("echo repeat is capped at {MAX_ECHO_FRAMES}"),
+        ))),
+        ChaosAction::Echo { repeat: 0, .. } => reply(Response::Ok),
+        ChaosAction::Echo { payload, repeat } => Reply::Echo(payload, repeat),
+        action => one(p.supervisor().ask(Chaos(action)).await, |()| Response::Ok),
+    }
 }
 
 /// Streams a pull's or an import's progress, then its result.
-async fn stream_image(chan: &Channel, mut handle: image_cache::PullHandle) -> Result<(), WireError> {
+async fn send_pull(chan: &Channel, mut handle: PullHandle) -> Result<(), WireError> {
     while let Some(event) = handle.events.recv().await {
         chan.send(&Response::PullProgress(event), true).await?;
     }
     let reply = match handle.result.await {
         Ok(Ok(info)) => Response::Image(info),
         Ok(Err(e)) => Response::Error(e),
-        Err(_) => Response::Error(image_cache::unavailable()),
+        Err(_) => Response::Error(restarting("image cache")),
     };
     chan.send(&reply, false).await
 }
 
-/// The response for an answer: `ok` of its value, or the error.
-pub(super) fn reply<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
-    match result {
-        Ok(v) => ok(v),
-        Err(e) => Response::Error(e),
+/// Streams console output, then `Ok` (or the error that cut it short).
+async fn send_log(chan: &Channel, mut chunks: tokio::sync::mpsc::Receiver<Chunk>) -> Result<(), WireError> {
+    while let Some(chunk) = chunks.recv().await {
+        match chunk {
+            Ok(bytes) => chan.send(&Response::Log(bytes), true).await?,
+            Err(e) => return chan.send(&Response::Error(e), false).await,
+        }
     }
-}
-
-/// Sends `msg` to `addr` and waits for its answer; a dead mailbox is an internal error.
-pub(super) async fn ask<A, M, T>(addr: &Addr<A>, msg: M) -> Result<T, Error>
-where
-    A: Actor + Handler<M>,
-    A::Context: ToEnvelope<A, M>,
-    M: Message<Result = Result<T, Error>> + Send + 'static,
-    T: Send + 'static,
-{
-    addr.send(msg).await.map_err(|e| Error::internal(format!("the actor did not answer: {e}")))?
+    chan.send(&Response::Ok, false).await
 }

@@ -39,13 +39,19 @@ impl Drop for Staging {
 
 /// Image names: what `vm create --image` and directory names can both carry safely.
 pub fn validate_name(name: &str) -> Result<(), Error> {
-    let ok = name.len() <= 63
+    validate_object_name("image", name)
+}
+
+/// The names of images and kernels (`what`): 1-63 of a-z, 0-9, '.', '_', '-'.
+pub fn validate_object_name(what: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::InvalidInput, format!("invalid image name {name:?}"))
+        Err(Error::new(ErrorKind::InvalidInput, format!("invalid {what} name {name:?}"))
             .with_hint("use 1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"))
     }
 }

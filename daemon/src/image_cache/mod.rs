@@ -19,8 +19,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use protocol::Error;
 use protocol::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
-use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
@@ -316,8 +316,3 @@ impl Handler<Describe> for ImageCache {
 }
 
 crate::handle_control!(ImageCache);
-
-/// The error for a request that needs the image cache while it is restarting.
-pub fn unavailable() -> Error {
-    Error::new(ErrorKind::Unavailable, "the image cache is restarting").with_hint("retry in a moment")
-}

@@ -4,6 +4,7 @@
 //! `Kill`, `Info`, `Destroy` from the VmManager; tells it when it is gone (its guard).
 
 pub mod console;
+pub mod follow;
 pub mod record;
 
 use std::future::Future;
@@ -12,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use protocol::vm::{VmInfo, VmState};
+use protocol::vm::{VmAction, VmInfo, VmState};
 use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use self::record::{Paths, Record};
 use crate::fsutil::now;
@@ -43,6 +44,13 @@ pub struct Kill;
 #[derive(Message)]
 #[rtype(result = "VmInfo")]
 pub struct Info;
+
+/// The console log as a stream; with `follow`, on until the VMM exits.
+#[derive(Message)]
+#[rtype(result = "mpsc::Receiver<follow::Chunk>")]
+pub struct Logs {
+    pub follow: bool,
+}
 
 /// Stop the actor for good; the VM must not be running. The manager deletes its files.
 #[derive(Message)]
@@ -83,13 +91,13 @@ pub struct VmActor {
     /// Set when the exit about to come was asked for (stop, kill): it ends in `Stopped`.
     expected_exit: bool,
     waiters: Vec<oneshot::Sender<VmInfo>>,
-    /// Keeps the console log under its cap while the VMM runs.
-    console_trim: Option<SpawnHandle>,
+    /// While the VMM runs: the console watch that feeds `vm logs -f` and trims the log.
+    console: Option<follow::Watch>,
 }
 
 impl VmActor {
     pub fn new(record: Record, paths: Paths, vmm: Arc<dyn Vmm>, log: Logger, guard: VmGuard) -> Self {
-        VmActor { record, paths, vmm, log, guard, expected_exit: false, waiters: vec![], console_trim: None }
+        VmActor { record, paths, vmm, log, guard, expected_exit: false, waiters: vec![], console: None }
     }
 
     fn name(&self) -> String {
@@ -117,21 +125,14 @@ impl VmActor {
         }
     }
 
-    fn conflict(&self, wants: &str) -> Error {
-        Error::new(
-            ErrorKind::Conflict,
-            format!("vm {} is {}; cannot {wants}", self.record.info.name, self.record.info.state),
-        )
+    /// Whether the VM's state allows `action` (the one rule set, in `protocol::vm`).
+    fn check(&self, action: VmAction) -> Result<(), Error> {
+        self.record.info.state.check(&self.record.info.name, action)
     }
 
-    /// Watches the VMM's pidfd (its exit arrives as `Exited`), and trims its console log every
-    /// second until then.
+    /// Watches the VMM's pidfd (its exit arrives as `Exited`) and its console until then.
     fn watch(&mut self, running: &Running, ctx: &mut Context<Self>) {
-        let trim = ctx.run_interval(Duration::from_secs(1), |act, _| {
-            let log = act.paths.console();
-            tokio::task::spawn_blocking(move || console::trim(&log));
-        });
-        self.console_trim = Some(trim);
+        self.console = Some(follow::Watch::start(self.paths.console()));
         let pid = running.pid;
         let addr = ctx.address();
         let log = self.log.clone();
@@ -221,8 +222,7 @@ impl Handler<Start> for VmActor {
     type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
 
     fn handle(&mut self, msg: Start, _: &mut Context<Self>) -> Self::Result {
-        if !matches!(self.record.info.state, VmState::Created | VmState::Stopped | VmState::Failed(_)) {
-            let e = self.conflict("start it");
+        if let Err(e) = self.check(VmAction::Start) {
             return Box::pin(async move { Err(e) }.into_actor(self));
         }
         if let Some(ip) = &msg.boot.ip {
@@ -292,11 +292,9 @@ impl Handler<Stop> for VmActor {
 
     fn handle(&mut self, msg: Stop, ctx: &mut Context<Self>) -> Self::Result {
         let info = self.record.info.clone();
-        match (&info.state, self.record.running.clone()) {
-            (VmState::Created | VmState::Stopped | VmState::Failed(_), _) => {
-                Box::pin(async move { Ok(info) }.into_actor(self))
-            }
-            (VmState::Running | VmState::Stopping, Some(running)) => {
+        match (self.check(VmAction::Stop), self.record.running.clone()) {
+            (Err(e), _) => Box::pin(async move { Err(e) }.into_actor(self)),
+            (Ok(()), Some(running)) => {
                 self.expected_exit = true;
                 if info.state == VmState::Running {
                     self.set(VmState::Stopping);
@@ -321,10 +319,8 @@ impl Handler<Stop> for VmActor {
                 });
                 self.until_exit()
             }
-            _ => {
-                let e = self.conflict("stop it now");
-                Box::pin(async move { Err(e) }.into_actor(self))
-            }
+            // No VMM: nothing to stop.
+            (Ok(()), None) => Box::pin(async move { Ok(info) }.into_actor(self)),
         }
     }
 }
@@ -333,6 +329,9 @@ impl Handler<Kill> for VmActor {
     type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
 
     fn handle(&mut self, _: Kill, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check(VmAction::Kill) {
+            return Box::pin(async move { Err(e) }.into_actor(self));
+        }
         let Some(running) = self.record.running.clone() else {
             let info = self.record.info.clone();
             return Box::pin(async move { Ok(info) }.into_actor(self));
@@ -363,7 +362,7 @@ impl Handler<Exited> for VmActor {
             (code, lines)
         });
         let read = async move { read.await.unwrap_or((None, Some(String::new()))) };
-        ctx.wait(read.into_actor(self).map(|(code, lines), act, ctx| act.exited(code, lines, ctx)));
+        ctx.wait(read.into_actor(self).map(|(code, lines), act, _| act.exited(code, lines)));
     }
 }
 
@@ -371,10 +370,9 @@ impl VmActor {
     /// The VMM is gone: `Stopped` if the exit was asked for or clean, else `Failed` with the
     /// console's last lines. Its host resources are released while the state is written; then
     /// whoever waits for the exit is told.
-    fn exited(&mut self, code: Option<i32>, lines: Option<String>, ctx: &mut Context<Self>) {
-        if let Some(trim) = self.console_trim.take() {
-            ctx.cancel_future(trim);
-        }
+    fn exited(&mut self, code: Option<i32>, lines: Option<String>) {
+        // The watch sends the VMM's last output to its followers, then ends their streams.
+        self.console = None;
         let how = match code {
             Some(c) => format!("exit code {c}"),
             None => "killed".to_string(),
@@ -428,13 +426,24 @@ impl Handler<Info> for VmActor {
     }
 }
 
+impl Handler<Logs> for VmActor {
+    type Result = MessageResult<Logs>;
+    fn handle(&mut self, msg: Logs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match (&self.console, msg.follow) {
+            (Some(watch), true) => watch.follow(),
+            _ => follow::read_once(self.paths.console()),
+        })
+    }
+}
+
 impl Handler<Destroy> for VmActor {
     type Result = ResponseFuture<Result<(), Error>>;
     fn handle(&mut self, _: Destroy, ctx: &mut Context<Self>) -> Self::Result {
-        if self.record.running.is_some() {
-            let e = self
-                .conflict("remove it")
-                .with_hint(format!("stop it first, or `banger vm rm -f {}`", self.name()));
+        let refused = match self.record.running {
+            Some(_) => VmState::Running.check(&self.record.info.name, VmAction::Remove),
+            None => self.check(VmAction::Remove),
+        };
+        if let Err(e) = refused {
             return Box::pin(async move { Err(e) });
         }
         // Stopped at once, so nothing more reaches it; the answer waits until its last state is

@@ -5,7 +5,6 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use actix::Addr;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use protocol::Error;
@@ -14,20 +13,19 @@ use serde_json::json;
 
 use super::{Boot, Running, Vmm, api, start_time};
 use crate::helper::call;
-use crate::supervisor::{Lookup, Supervisor};
+use crate::peers::Peers;
 
 pub struct Firecracker {
-    supervisor: Addr<Supervisor>,
+    peers: Peers,
 }
 
 impl Firecracker {
-    pub fn new(supervisor: Addr<Supervisor>) -> Self {
-        Firecracker { supervisor }
+    pub fn new(peers: Peers) -> Self {
+        Firecracker { peers }
     }
 
     async fn helper(&self, request: HelperRequest, fd: Option<OwnedFd>) -> Result<HelperResponse, Error> {
-        let helper = self.supervisor.send(Lookup).await.ok().and_then(|p| p.helper);
-        call(helper, request, fd).await
+        call(&self.peers, request, fd).await
     }
 
     async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {

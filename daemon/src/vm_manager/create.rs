@@ -1,0 +1,177 @@
+//! `vm create`: every setting checked against the host and the VMM's limits first, then the
+//! kernel checked, the disk sized against the image (the image store refuses one too small for
+//! it) and cloned, an address leased, and the record written.
+
+use actix::prelude::*;
+use protocol::Error;
+use protocol::vm::{VmCreate, VmInfo, VmSpec, VmState};
+use slog::info;
+
+use super::{VmError, VmManager};
+use crate::fsutil::{blocking, now};
+use crate::image_cache::{BaseDisk, BaseDiskFor};
+use crate::kernels::KernelPath;
+use crate::network::LeaseIp;
+use crate::vm::record::{Paths, Record};
+
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct CreateVm(pub VmCreate);
+
+/// Firecracker's limit on vCPUs.
+const MAX_VCPUS: u32 = 32;
+/// Below this no Linux guest boots (banger's test kernel needs far less, but is no guest).
+const MIN_MEMORY_MIB: u32 = 16;
+
+/// Defaults derived from the host, overridable per VM.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    /// What the host has: the upper bounds of `cpus` and `memory_mib`.
+    pub host_cpus: u32,
+    pub host_memory_mib: u32,
+}
+
+impl Defaults {
+    /// Up to 2 vCPUs and an eighth of the host's memory (256 MiB to 1 GiB); 8 GiB of disk.
+    pub fn for_host() -> Self {
+        let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let total_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| {
+                    l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+                })
+            })
+            .map(|kib| kib / 1024)
+            .unwrap_or(2048);
+        Defaults {
+            cpus: host_cpus.min(2),
+            memory_mib: (total_mib / 8).clamp(256, 1024) as u32,
+            disk_bytes: 8 << 30,
+            host_cpus,
+            host_memory_mib: total_mib.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// The settings file's values where it gives them.
+    pub fn with(self, file: crate::config::VmDefaults) -> Self {
+        Defaults {
+            cpus: file.cpus.unwrap_or(self.cpus),
+            memory_mib: file.memory_mib.unwrap_or(self.memory_mib),
+            disk_bytes: file.disk_bytes.unwrap_or(self.disk_bytes),
+            ..self
+        }
+    }
+
+    /// The vCPUs and memory a VM gets, refused here if the host or the VMM cannot give them.
+    pub fn settle(&self, cpus: Option<u32>, memory_mib: Option<u32>) -> Result<(u32, u32), VmError> {
+        let (cpus, memory_mib) = (cpus.unwrap_or(self.cpus), memory_mib.unwrap_or(self.memory_mib));
+        let max_cpus = self.host_cpus.min(MAX_VCPUS);
+        if !(1..=max_cpus).contains(&cpus) {
+            return Err(VmError::OutOfRange {
+                what: "--cpus",
+                asked: cpus.to_string(),
+                allowed: format!("1 to {max_cpus} (this host has {} CPUs)", self.host_cpus),
+            });
+        }
+        if !(MIN_MEMORY_MIB..=self.host_memory_mib).contains(&memory_mib) {
+            return Err(VmError::OutOfRange {
+                what: "--memory",
+                asked: format!("{memory_mib} MiB"),
+                allowed: format!("{MIN_MEMORY_MIB} MiB to {} MiB (this host's memory)", self.host_memory_mib),
+            });
+        }
+        Ok((cpus, memory_mib))
+    }
+}
+
+impl Handler<CreateVm> for VmManager {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+
+    fn handle(&mut self, CreateVm(req): CreateVm, _: &mut Context<Self>) -> Self::Result {
+        let checked = (|| {
+            crate::vm::validate_name(&req.name)?;
+            // A damaged VM's name is taken too: its disk is still there.
+            if self.vms.contains_key(&req.name) || self.busy.contains(&req.name) {
+                return Err(VmError::Exists(req.name.clone()).into());
+            }
+            crate::image_cache::images::validate_name(&req.image)?;
+            Ok(self.defaults.settle(req.cpus, req.memory_mib)?)
+        })();
+        let (cpus, memory_mib) = match checked {
+            Ok(settled) => settled,
+            Err(e) => return Box::pin(async move { Err(e) }.into_actor(self)),
+        };
+        self.busy.insert(req.name.clone());
+        let name = req.name.clone();
+        let paths = Paths::new(&self.vms_dir, &req.name);
+        let defaults = self.defaults;
+        let peers = self.peers.clone();
+        let work = async move {
+            let kernel = req.kernel.clone().unwrap_or_else(|| "default".into());
+            peers.kernels().ask(KernelPath(kernel.clone())).await?;
+            let BaseDiskFor { base, disk_bytes } = peers
+                .images()
+                .ask(BaseDisk {
+                    image: req.image.clone(),
+                    bytes: req.disk_bytes,
+                    default_bytes: defaults.disk_bytes,
+                })
+                .await?;
+            let lease = match req.network {
+                true => Some(peers.network().ask(LeaseIp(req.name.clone())).await?),
+                false => None,
+            };
+            let info = VmInfo {
+                name: req.name.clone(),
+                state: VmState::Created,
+                spec: VmSpec {
+                    cpus,
+                    memory_mib,
+                    disk_bytes,
+                    image: req.image.clone(),
+                    kernel,
+                    kernel_args: req.kernel_args.clone(),
+                    ip: lease.as_ref().map(|l| l.ip.to_string()),
+                    mac: lease.as_ref().map(|l| l.mac.clone()),
+                },
+                pid: None,
+                created_at: now(),
+                started_at: None,
+                last_exit: None,
+            };
+            let record = Record { info, running: None };
+            let (p, r) = (paths.clone(), record.clone());
+            blocking(move || {
+                // Never over a directory already there: it would be another VM's data.
+                std::fs::create_dir(&p.dir).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => VmError::Exists(r.info.name.clone()).into(),
+                    _ => Error::internal(format!("cannot create {}: {e}", p.dir.display())),
+                })?;
+                let made = crate::disk::clone_file(&base, &p.disk())
+                    .map_err(Error::internal)
+                    .and_then(|()| r.save(&p));
+                if made.is_err() {
+                    let _ = std::fs::remove_dir_all(&p.dir);
+                }
+                made
+            })
+            .await?;
+            Ok::<_, Error>(record)
+        };
+        Box::pin(work.into_actor(self).map(move |made, act, ctx| {
+            act.busy.remove(&name);
+            if made.is_err() {
+                ctx.wait(act.release_ip(name.clone()).into_actor(act));
+            }
+            let record = made?;
+            let info = record.info.clone();
+            info!(act.log, "created"; "vm" => &info.name);
+            act.spawn_actor(record, ctx);
+            Ok(info)
+        }))
+    }
+}

@@ -1,0 +1,115 @@
+//! Start, stop, kill, restart, inspect and logs of one VM: routed to its actor; a start first
+//! gathers what the VMM needs (network lease, bridge, kernel path).
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use protocol::Error;
+use protocol::vm::{VmAction, VmInfo};
+use tokio::sync::mpsc;
+
+use super::{VmError, VmManager};
+use crate::kernels::KernelPath;
+use crate::network::{EnsureBridge, LeaseIp};
+use crate::peers::Peers;
+use crate::vm::follow::Chunk;
+use crate::vm::record::Paths;
+use crate::vm::{self, Info, Kill, Start, Stop, VmActor};
+use crate::vmm::Boot;
+
+/// A lifecycle request for one VM.
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub enum Lifecycle {
+    Start(String),
+    Stop(String, Duration),
+    Kill(String),
+    Restart(String, Duration),
+    Inspect(String),
+}
+
+/// A VM's console log as a stream; with `follow`, until the VM stops.
+#[derive(Message)]
+#[rtype(result = "Result<mpsc::Receiver<Chunk>, Error>")]
+pub struct Logs {
+    pub name: String,
+    pub follow: bool,
+}
+
+/// Everything the VMM needs to boot `name`, from its actor's record and its peers.
+async fn boot_for(name: String, paths: Paths, actor: Addr<VmActor>, peers: Peers) -> Result<Boot, Error> {
+    let info = actor.send(Info).await.map_err(|_| VmError::ActorGone(name.clone()))?;
+    // Refused before leasing or looking anything up (the actor checks again as it starts).
+    info.state.check(&name, VmAction::Start)?;
+    let spec = info.spec;
+    let mut kernel_args = spec.kernel_args.clone();
+    let mut ip = None;
+    // A VM with a MAC is networked (its address is released when it fails, and leased again
+    // here).
+    let network = match spec.mac {
+        Some(_) => {
+            let net = peers.network();
+            net.ask(EnsureBridge).await?;
+            let lease = net.ask(LeaseIp(name.clone())).await?;
+            kernel_args.push(lease.kernel_arg());
+            ip = Some(lease.ip.to_string());
+            Some((lease.bridge, lease.mac))
+        }
+        None => None,
+    };
+    let kernel = peers.kernels().ask(KernelPath(spec.kernel.clone())).await?;
+    Ok(Boot {
+        vm: name,
+        kernel,
+        disk: paths.disk(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        kernel_args: kernel_args.join(" "),
+        network,
+        ip,
+    })
+}
+
+impl Handler<Lifecycle> for VmManager {
+    type Result = ResponseFuture<Result<VmInfo, Error>>;
+
+    fn handle(&mut self, msg: Lifecycle, _: &mut Context<Self>) -> Self::Result {
+        let name = match &msg {
+            Lifecycle::Start(n)
+            | Lifecycle::Stop(n, _)
+            | Lifecycle::Kill(n)
+            | Lifecycle::Restart(n, _)
+            | Lifecycle::Inspect(n) => n.clone(),
+        };
+        let actor = match self.actor(&name) {
+            Ok(a) => a,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let boot =
+            boot_for(name.clone(), Paths::new(&self.vms_dir, &name), actor.clone(), self.peers.clone());
+        let gone = move |_: MailboxError| Error::from(VmError::ActorGone(name));
+        Box::pin(async move {
+            match msg {
+                Lifecycle::Inspect(_) => actor.send(Info).await.map_err(gone),
+                Lifecycle::Stop(_, timeout) => actor.send(Stop { timeout }).await.map_err(gone)?,
+                Lifecycle::Kill(_) => actor.send(Kill).await.map_err(gone)?,
+                Lifecycle::Start(_) => actor.send(Start { boot: boot.await? }).await.map_err(gone)?,
+                Lifecycle::Restart(_, timeout) => {
+                    actor.send(Stop { timeout }).await.map_err(gone.clone())??;
+                    actor.send(Start { boot: boot.await? }).await.map_err(gone)?
+                }
+            }
+        })
+    }
+}
+
+impl Handler<Logs> for VmManager {
+    type Result = ResponseFuture<Result<mpsc::Receiver<Chunk>, Error>>;
+    fn handle(&mut self, msg: Logs, _: &mut Context<Self>) -> Self::Result {
+        let actor = self.actor(&msg.name);
+        Box::pin(async move {
+            let gone = |_| Error::from(VmError::ActorGone(msg.name.clone()));
+            actor?.send(vm::Logs { follow: msg.follow }).await.map_err(gone)
+        })
+    }
+}
