@@ -257,51 +257,52 @@ impl Handler<Describe> for KernelStore {
 crate::handle_control!(KernelStore);
 
 #[cfg(test)]
+/// An x86-64 ET_EXEC ELF of `len` bytes with one program header of type `ptype` covering
+/// `seg` bytes from offset 0x1000.
+pub fn test_elf(len: usize, ptype: u32, seg: u64) -> Vec<u8> {
+    let mut elf = vec![0u8; len];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[16] = 2;
+    elf[18] = 0x3e;
+    elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    elf[64..68].copy_from_slice(&ptype.to_le_bytes());
+    elf[64 + 8..64 + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+    elf[64 + 32..64 + 40].copy_from_slice(&seg.to_le_bytes());
+    elf
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    /// An x86-64 ET_EXEC ELF of `len` bytes with one program header of type `ptype` covering
-    /// `seg` bytes from offset 0x1000.
-    fn elf(len: usize, ptype: u32, seg: u64) -> Vec<u8> {
-        let mut elf = vec![0u8; len];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[16] = 2;
-        elf[18] = 0x3e;
-        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        elf[64..68].copy_from_slice(&ptype.to_le_bytes());
-        elf[64 + 8..64 + 16].copy_from_slice(&0x1000u64.to_le_bytes());
-        elf[64 + 32..64 + 40].copy_from_slice(&seg.to_le_bytes());
-        elf
-    }
-
     #[test]
     fn only_loadable_x86_64_elf_kernels_are_accepted() {
-        assert!(check_elf(&elf(0x2000, 1, 0x1000)).is_ok());
-        let mut arm = elf(0x2000, 1, 0x1000);
+        assert!(check_elf(&test_elf(0x2000, 1, 0x1000)).is_ok());
+        let mut arm = test_elf(0x2000, 1, 0x1000);
         arm[18] = 0xb7;
         assert!(check_elf(&arm).is_err());
         assert!(check_elf(b"#!/bin/sh").is_err());
         let message = |e: Error| e.message;
         // A 64-byte header with no program headers (it imported as a kernel before).
-        let mut bare = elf(0x2000, 1, 0);
+        let mut bare = test_elf(0x2000, 1, 0);
         bare.truncate(64);
         bare[0x38] = 0;
         assert!(message(check_elf(&bare).unwrap_err()).contains("no loadable segment"));
         assert!(
-            message(check_elf(&elf(0x2000, 4, 0x1000)).unwrap_err()).contains("no loadable segment"),
+            message(check_elf(&test_elf(0x2000, 4, 0x1000)).unwrap_err()).contains("no loadable segment"),
             "a note only"
         );
         assert!(
-            message(check_elf(&elf(0x1800, 1, 0x1000)).unwrap_err()).contains("outside the file"),
+            message(check_elf(&test_elf(0x1800, 1, 0x1000)).unwrap_err()).contains("outside the file"),
             "truncated"
         );
-        let mut far = elf(0x2000, 1, 0x1000);
+        let mut far = test_elf(0x2000, 1, 0x1000);
         far[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(message(check_elf(&far).unwrap_err()).contains("outside the file"), "headers past the end");
-        let mut shared = elf(0x2000, 1, 0x1000);
+        let mut shared = test_elf(0x2000, 1, 0x1000);
         shared[16] = 3;
         assert!(message(check_elf(&shared).unwrap_err()).contains("not an executable"));
     }
@@ -321,7 +322,7 @@ mod tests {
     #[test]
     fn a_bzimage_is_unpacked_to_its_elf() {
         use std::io::Write;
-        let elf = elf(0x2000, 1, 0x1000);
+        let elf = test_elf(0x2000, 1, 0x1000);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&elf).unwrap();
         assert_eq!(extract_bzimage(&bzimage(&gz.finish().unwrap())).unwrap(), elf);

@@ -116,22 +116,6 @@ fn cx(dir: &std::path::Path, name: &'static str, peers: &Peers, parent: &Addr<Pa
     }
 }
 
-/// A kernel the store accepts: an x86-64 ET_EXEC ELF with one loadable segment.
-fn kernel_bytes() -> Vec<u8> {
-    let mut elf = vec![0u8; 0x2000];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2;
-    elf[16] = 2;
-    elf[18] = 0x3e;
-    elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-    elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-    elf[64] = 1;
-    elf[64 + 8..64 + 16].copy_from_slice(&0x1000u64.to_le_bytes());
-    elf[64 + 32..64 + 40].copy_from_slice(&0x1000u64.to_le_bytes());
-    elf
-}
-
 /// Starts the manager on `dir` (a fresh one if `None`), with a kernel `default` and a `base`
 /// image made by hand in the image store's layout.
 async fn setup(dir: Option<tempfile::TempDir>) -> Setup {
@@ -144,7 +128,7 @@ async fn setup(dir: Option<tempfile::TempDir>) -> Setup {
     peers.started(Started::Images(images.clone()));
     if !dir.path().join("kernels/default").exists() {
         let path = dir.path().join("vmlinux");
-        std::fs::write(&path, kernel_bytes()).unwrap();
+        std::fs::write(&path, crate::kernels::test_elf(0x2000, 1, 0x1000)).unwrap();
         let input = std::fs::File::open(&path).unwrap();
         let import = ImportKernel { name: "default".into(), source: "test".into(), input };
         kernels.send(import).await.unwrap().unwrap();
