@@ -62,6 +62,12 @@ async fn a_garbage_network_json_loses_no_lease() {
     assert!(text.contains("network.json was unreadable"), "daemon status says so: {text}");
 }
 
+/// What the actors named `names` say of themselves in `daemon status`.
+fn details(status: &chaos_tests::protocol::daemon::StatusReport, names: &[&str]) -> String {
+    let of = |c: &&chaos_tests::protocol::daemon::ActorStatus| names.contains(&c.name.as_str());
+    status.root.children.iter().filter(of).filter_map(|c| c.detail.clone()).collect::<Vec<_>>().join("\n")
+}
+
 #[tokio::test]
 async fn a_corrupt_vm_record_hides_no_other_vm_and_keeps_its_disk() {
     let Some(mut host) = VmHost::start().await else { return };
@@ -71,7 +77,17 @@ async fn a_corrupt_vm_record_hides_no_other_vm_and_keeps_its_disk() {
     let bad = host.daemon.dir.path().join("vms/bad");
     std::fs::write(bad.join("vm.json"), b"{\"info\": 1").unwrap();
     let disk = std::fs::read(bad.join("disk.ext4")).unwrap();
+    // The image's and the kernel's metadata too: both stay listed and usable.
+    let state = host.daemon.dir.path();
+    std::fs::write(state.join("images/base/image.json"), b"[1, 2").unwrap();
+    std::fs::write(state.join("kernels/default/kernel.json"), b"").unwrap();
     host.daemon.restart().await;
+    assert!(host.ok(&["image", "ls"]).contains("base"));
+    assert!(host.ok(&["kernel", "ls"]).contains("default"));
+    let said = details(&host.daemon.status().await, &["vms", "images", "kernels"]);
+    for what in ["bad is damaged", "image base: image.json is corrupt", "kernel default: kernel.json was unreadable"] {
+        assert!(said.contains(what), "daemon status says {what:?}: {said}");
+    }
 
     let ls = host.ok(&["vm", "ls", "--all"]);
     assert!(ls.contains("good") && ls.lines().any(|l| l.starts_with("bad") && l.contains("damaged")), "{ls}");

@@ -45,12 +45,19 @@ pub struct KernelPath(pub String);
 pub struct KernelStore {
     dir: PathBuf,
     guard: ChildGuard,
-    _log: Logger,
+    log: Logger,
+    /// What was made of unreadable metadata, for `daemon status`.
+    recovered: Vec<String>,
 }
 
 impl KernelStore {
     pub fn new(cx: ChildCtx) -> Self {
-        KernelStore { dir: cx.config.layout.state_dir.join("kernels"), guard: cx.guard, _log: cx.log }
+        KernelStore {
+            dir: cx.config.layout.state_dir.join("kernels"),
+            guard: cx.guard,
+            log: cx.log,
+            recovered: vec![],
+        }
     }
 }
 
@@ -182,15 +189,64 @@ fn import(dir: &Path, name: &str, source: &str, input: std::fs::File) -> Result<
     Ok(info)
 }
 
-fn list(dir: &Path) -> Result<Vec<KernelInfo>, Error> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(vec![]) };
-    let mut out: Vec<KernelInfo> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path().join("kernel.json")).ok()?).ok())
-        .collect();
+/// Every kernel. One whose `kernel.json` cannot be read is kept aside and its metadata made
+/// again from its `vmlinux` (it stays listed, bootable and its name taken); `recovered` gets
+/// a line saying so.
+fn list(dir: &Path, recovered: &mut Vec<String>) -> Result<Vec<KernelInfo>, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::internal(format!("cannot list {}: {e}", dir.display()))),
+    };
+    let mut out = vec![];
+    for name in entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)) {
+        if name.starts_with('.') || !dir.join(&name).join("vmlinux").is_file() {
+            continue;
+        }
+        let meta = dir.join(&name).join("kernel.json");
+        let read = std::fs::read(&meta).map_err(|e| e.to_string());
+        match read.and_then(|b| serde_json::from_slice::<KernelInfo>(&b).map_err(|e| e.to_string())) {
+            Ok(info) => out.push(info),
+            Err(why) => {
+                let (info, note) = remake(dir, &name, why)?;
+                recovered.push(note);
+                out.push(info);
+            }
+        }
+    }
     out.sort_by(|a: &KernelInfo, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// A kernel's metadata written again from its vmlinux; the unreadable file (if any) kept aside.
+fn remake(dir: &Path, name: &str, why: String) -> Result<(KernelInfo, String), Error> {
+    let meta = dir.join(name).join("kernel.json");
+    let kept = match meta.exists() {
+        true => crate::fsutil::move_aside(&meta)
+            .map(|aside| format!("kept as {}, ", aside.display()))
+            .map_err(|e| {
+                Error::internal(format!(
+                    "kernel {name}: kernel.json is unreadable ({why}); cannot move it aside: {e}"
+                ))
+            })?,
+        false => String::new(),
+    };
+    let vmlinux = std::fs::metadata(dir.join(name).join("vmlinux"))
+        .map_err(|e| Error::internal(format!("kernel {name}: {e}")))?;
+    let added_at = vmlinux.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let info = KernelInfo {
+        name: name.to_string(),
+        bytes: vmlinux.len(),
+        added_at: added_at.map_or(0, |d| d.as_secs()),
+        source: format!("unknown (kernel.json was unreadable: {why})"),
+    };
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
+    write_atomic(&meta, &json)
+        .map_err(|e| Error::internal(format!("cannot write {}: {e}", meta.display())))?;
+    Ok((
+        info,
+        format!("kernel {name}: kernel.json was unreadable ({why}); {kept}made again from its vmlinux"),
+    ))
 }
 
 fn path(dir: &Path, name: &str) -> Result<PathBuf, Error> {
@@ -220,10 +276,21 @@ impl Handler<ImportKernel> for KernelStore {
 }
 
 impl Handler<ListKernels> for KernelStore {
-    type Result = ResponseFuture<Result<Vec<KernelInfo>, Error>>;
+    type Result = ResponseActFuture<Self, Result<Vec<KernelInfo>, Error>>;
     fn handle(&mut self, _: ListKernels, _: &mut Context<Self>) -> Self::Result {
         let dir = self.dir.clone();
-        Box::pin(blocking(move || list(&dir)))
+        let read = blocking(move || {
+            let mut notes = vec![];
+            list(&dir, &mut notes).map(|kernels| (kernels, notes))
+        });
+        Box::pin(read.into_actor(self).map(|listed, act, _| {
+            let (kernels, notes) = listed?;
+            for note in notes {
+                slog::warn!(act.log, "{}", note);
+                act.recovered.push(note);
+            }
+            Ok(kernels)
+        }))
     }
 }
 
@@ -250,7 +317,13 @@ impl Handler<RemoveKernel> for KernelStore {
 impl Handler<Describe> for KernelStore {
     type Result = Option<String>;
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Option<String> {
-        Some(self.dir.display().to_string())
+        Some(
+            [self.dir.display().to_string()]
+                .into_iter()
+                .chain(self.recovered.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 }
 
@@ -277,6 +350,32 @@ pub fn test_elf(len: usize, ptype: u32, seg: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_metadata_is_kept_aside_and_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, meta) in [("bad", Some(&b"nope"[..])), ("bare", None)] {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("vmlinux"), test_elf(0x2000, 1, 0x1000)).unwrap();
+            if let Some(meta) = meta {
+                std::fs::write(dir.path().join(name).join("kernel.json"), meta).unwrap();
+            }
+        }
+        let mut notes = vec![];
+        let listed = list(dir.path(), &mut notes).unwrap();
+        assert_eq!(listed.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["bad", "bare"]);
+        assert!(
+            listed
+                .iter()
+                .all(|k| k.bytes == 0x2000 && k.source.starts_with("unknown (kernel.json was unreadable"))
+        );
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].contains("kept as"), "{notes:?}");
+        let mut again = vec![];
+        assert_eq!(list(dir.path(), &mut again).unwrap(), listed, "written back: the same next time");
+        assert!(again.is_empty());
+        assert!(path(dir.path(), "bad").is_ok(), "still bootable");
+    }
 
     #[test]
     fn only_loadable_x86_64_elf_kernels_are_accepted() {

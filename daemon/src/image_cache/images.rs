@@ -1,15 +1,19 @@
 //! The image store: `images/<name>/` holds `rootfs.ext4` and `image.json`. An image is built in
 //! `images/.tmp-*` and swapped in by rename, so a reader never sees half an image and a crash
-//! leaves only a temp dir that the next start removes.
+//! leaves only a temp dir that the next start removes. An `image.json` that cannot be read is
+//! kept aside and made again from what is left (the rootfs), so the image stays listed, usable
+//! and its name taken; what happened is kept for `daemon status`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use protocol::image::ImageInfo;
+use protocol::image::{ImageInfo, ImageSource};
 use protocol::{Error, ErrorKind};
+use slog::{Logger, warn};
 
-use crate::fsutil::sync_dir;
+use crate::fsutil::{move_aside, sync_dir, write_atomic};
 
 pub const ROOTFS: &str = "rootfs.ext4";
 const META: &str = "image.json";
@@ -20,10 +24,12 @@ pub struct BaseDiskFor {
     pub disk_bytes: u64,
 }
 
-#[derive(Debug)]
 pub struct ImageStore {
     dir: PathBuf,
     next_tmp: AtomicU64,
+    /// What was made of unreadable metadata, one line each.
+    recovered: Mutex<Vec<String>>,
+    log: Logger,
 }
 
 /// A temp dir in the store, removed on drop unless installed.
@@ -57,8 +63,56 @@ pub fn validate_object_name(what: &str, name: &str) -> Result<(), Error> {
 }
 
 impl ImageStore {
-    pub fn new(state_dir: &Path) -> Self {
-        ImageStore { dir: state_dir.join("images"), next_tmp: AtomicU64::new(0) }
+    pub fn new(state_dir: &Path, log: Logger) -> Self {
+        ImageStore {
+            dir: state_dir.join("images"),
+            next_tmp: AtomicU64::new(0),
+            recovered: Mutex::default(),
+            log,
+        }
+    }
+
+    /// What was made of unreadable `image.json` files since the daemon started.
+    pub fn recovered(&self) -> Vec<String> {
+        self.recovered.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// An unreadable `image.json` (`why`) whose rootfs is there: kept aside, and a new one written
+    /// from the rootfs (source and run settings are lost; the image boots as before).
+    fn recover(&self, name: &str, why: String) -> Result<ImageInfo, Error> {
+        let dir = self.dir.join(name);
+        let rootfs = std::fs::metadata(dir.join(ROOTFS)).map_err(|e| {
+            Error::internal(format!("image {name}: {why}, and its rootfs is unreadable too: {e}"))
+        })?;
+        let kept = match dir.join(META).exists() {
+            true => move_aside(&dir.join(META))
+                .map(|aside| format!("kept as {}, ", aside.display()))
+                .map_err(|e| Error::internal(format!("image {name}: {why}; cannot move it aside: {e}")))?,
+            false => String::new(),
+        };
+        let note = format!("image {name}: {why}; {kept}its metadata made again from its rootfs");
+        warn!(self.log, "{}", note);
+        let added_at = rootfs.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let info = ImageInfo {
+            name: name.to_string(),
+            source: ImageSource::Imported { file: format!("unknown (image.json was unreadable: {why})") },
+            layers: vec![],
+            entrypoint: vec![],
+            cmd: vec![],
+            env: vec![],
+            workdir: String::new(),
+            user: String::new(),
+            created: None,
+            added_at: added_at.map_or(0, |d| d.as_secs()),
+            content_bytes: 0,
+            rootfs_bytes: rootfs.len(),
+        };
+        let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
+        write_atomic(&dir.join(META), &json).map_err(|e| Error::internal(format!("{note}, but: {e}")))?;
+        if let Ok(mut r) = self.recovered.lock() {
+            r.push(note);
+        }
+        Ok(info)
     }
 
     pub fn dir(&self) -> &Path {
@@ -120,16 +174,18 @@ impl ImageStore {
     pub fn get(&self, name: &str) -> Result<ImageInfo, Error> {
         validate_name(name)?;
         let path = self.dir.join(name).join(META);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(ErrorKind::NotFound, format!("no image named {name:?}"))
-                    .with_hint("see `banger image ls`")
-            } else {
-                Error::internal(format!("cannot read {}: {e}", path.display()))
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.dir.join(name).join(ROOTFS).exists() {
+                    return self.recover(name, "image.json is missing".into());
+                }
+                return Err(Error::new(ErrorKind::NotFound, format!("no image named {name:?}"))
+                    .with_hint("see `banger image ls`"));
             }
-        })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::internal(format!("{} is corrupt: {e}", path.display())))
+            Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
+        };
+        serde_json::from_slice(&bytes).or_else(|e| self.recover(name, format!("image.json is corrupt: {e}")))
     }
 
     pub fn list(&self) -> Result<Vec<ImageInfo>, Error> {
@@ -142,7 +198,19 @@ impl ImageStore {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .filter(|n| !n.starts_with('.'))
-            .filter_map(|n| self.get(&n).ok())
+            .filter_map(|n| match self.get(&n) {
+                Ok(info) => Some(info),
+                // A directory that holds no image.
+                Err(e) if e.kind == ErrorKind::NotFound => None,
+                // Nothing usable is left of it: said in the log and `daemon status`, not hidden.
+                Err(e) => {
+                    warn!(self.log, "an image cannot be read"; "image" => &n, "error" => &e.message);
+                    if let Ok(mut r) = self.recovered.lock() {
+                        r.push(format!("image {n} cannot be read: {}", e.message));
+                    }
+                    None
+                }
+            })
             .collect();
         images.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(images)
@@ -209,6 +277,37 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_metadata_is_kept_aside_and_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path(), Logger::root(slog::Discard, slog::o!()));
+        for (name, meta) in [("bad", Some(&b"{ garbage"[..])), ("bare", None), ("gone", Some(&b"{"[..]))] {
+            std::fs::create_dir_all(dir.path().join("images").join(name)).unwrap();
+            if let Some(meta) = meta {
+                std::fs::write(dir.path().join("images").join(name).join(META), meta).unwrap();
+            }
+            if name != "gone" {
+                std::fs::write(dir.path().join("images").join(name).join(ROOTFS), vec![0u8; 4096]).unwrap();
+            }
+        }
+        let listed: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(listed, ["bad", "bare"], "each one with a rootfs stays listed");
+        let bad = store.get("bad").unwrap();
+        assert_eq!(bad.rootfs_bytes, 4096);
+        assert!(
+            matches!(&bad.source, ImageSource::Imported { file } if file.contains("image.json was unreadable"))
+        );
+        let aside: Vec<_> = std::fs::read_dir(dir.path().join("images/bad"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("image.json.corrupt-"))
+            .collect();
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"{ garbage", "the bad file is kept");
+        let notes = store.recovered();
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes.iter().any(|n| n.starts_with("image gone cannot be read")), "{notes:?}");
+    }
 
     #[test]
     fn names_are_validated() {

@@ -110,7 +110,7 @@ impl ImageCache {
         let config = &cx.config;
         let pulls = PullCtx {
             blobs: BlobStore::new(&config.layout.cache_dir),
-            images: Arc::new(ImageStore::new(&config.layout.state_dir)),
+            images: Arc::new(ImageStore::new(&config.layout.state_dir, cx.log.clone())),
             locks: KeyLocks::default(),
             insecure: Arc::new(config.insecure_registries.clone()),
             limits: Limits { max_bytes: config.max_image_bytes, ..Limits::default() },
@@ -311,7 +311,12 @@ impl Handler<Describe> for ImageCache {
             (false, 0) => "no prune",
             (false, _) => "prune waiting for pulls",
         };
-        Some(format!("{} pull(s) in flight, {} held, {prune}", self.in_flight, self.held.len()))
+        let mut line = format!("{} pull(s) in flight, {} held, {prune}", self.in_flight, self.held.len());
+        for note in self.pulls.images.recovered() {
+            line.push_str("; ");
+            line.push_str(&note);
+        }
+        Some(line)
     }
 }
 
