@@ -85,7 +85,9 @@ async fn a_corrupt_vm_record_hides_no_other_vm_and_keeps_its_disk() {
     assert!(host.ok(&["image", "ls"]).contains("base"));
     assert!(host.ok(&["kernel", "ls"]).contains("default"));
     let said = details(&host.daemon.status().await, &["vms", "images", "kernels"]);
-    for what in ["bad is damaged", "image base: image.json is corrupt", "kernel default: kernel.json was unreadable"] {
+    for what in
+        ["bad is damaged", "image base: image.json is corrupt", "kernel default: kernel.json was unreadable"]
+    {
         assert!(said.contains(what), "daemon status says {what:?}: {said}");
     }
 
