@@ -2,20 +2,35 @@
 //! gid, cgroup limits for CPU and memory, a new PID namespace. The kernel and disk are
 //! bind-mounted into the jail before the jailer runs; the console is the descriptor the daemon
 //! passed.
+//!
+//! Every file here is reached through descriptors (`beneath`): the state dir is opened without
+//! following a symlink, and everything below it with `RESOLVE_NO_SYMLINKS`. The jail is built by
+//! root, with root as its owner, and handed to the VM's uid only once it is complete. The VMM is
+//! held by pidfd (`process`), and the operations on one VM run one at a time, so a clean-up can
+//! never run beside the launch it undoes.
 
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid};
 use protocol::helper::LaunchSpec;
 use protocol::{Error, ErrorKind};
 
+use crate::beneath::{Dir, explain, fd_path};
+use crate::process::{NotOurs, Vmm};
 use crate::validate;
+
+/// One VM's slot: held while an operation on that VM runs, with its VMM once launched.
+type Slot = Arc<Mutex<Option<Vmm>>>;
 
 pub struct Jails {
     pub state_dir: PathBuf,
@@ -23,11 +38,24 @@ pub struct Jails {
     pub jailer: PathBuf,
     pub uid: Uid,
     pub gid: Gid,
+    vms: Mutex<HashMap<String, Slot>>,
 }
 
+fn internal(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("{what}: {e}"))
+}
+
+/// A refusal: something in the state dir is not what banger made.
+fn refused(what: &str, why: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::PermissionDenied, format!("refusing {what}: {why}"))
+}
+
+/// How long a clean-up waits for a killed VMM to be gone before it gives up (and keeps the jail).
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
 impl Jails {
-    fn base(&self) -> PathBuf {
-        self.state_dir.join("jail")
+    pub fn new(state_dir: PathBuf, firecracker: PathBuf, jailer: PathBuf, uid: Uid, gid: Gid) -> Jails {
+        Jails { state_dir, firecracker, jailer, uid, gid, vms: Mutex::new(HashMap::new()) }
     }
 
     fn exec_name(&self) -> String {
@@ -35,11 +63,6 @@ impl Jails {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "firecracker".into())
-    }
-
-    /// `<state>/jail/<exec name>/<vm>`: the jailer's own layout.
-    fn dir(&self, vm: &str) -> PathBuf {
-        self.base().join(self.exec_name()).join(vm)
     }
 
     /// The cgroup all of this banger's VMs go under. VM names are only unique per state dir,
@@ -50,14 +73,73 @@ impl Jails {
         format!("banger-{}", hex::encode(&digest[..6]))
     }
 
+    /// `<state>/jail/<exec name>/<vm>/root`, where the jailer puts it (for the daemon's paths).
     pub fn root(&self, vm: &str) -> PathBuf {
-        self.dir(vm).join("root")
+        self.state_dir.join("jail").join(self.exec_name()).join(vm).join("root")
+    }
+
+    /// The state dir, opened for this request without following a symlink. Opened afresh each
+    /// time: it may be made after the helper starts and removed by `system uninstall --purge`.
+    /// It must belong to the owner or root.
+    pub fn state(&self) -> Result<Dir, Error> {
+        let shown = self.state_dir.display();
+        let dir =
+            Dir::open(&self.state_dir).map_err(|e| refused(&format!("the state dir {shown}"), explain(e)))?;
+        let st = dir.stat().map_err(|e| internal("cannot stat the state dir", e))?;
+        if st.st_uid != self.uid.as_raw() && st.st_uid != 0 {
+            return Err(refused(
+                &format!("the state dir {shown}"),
+                format!("it belongs to uid {}", st.st_uid),
+            ));
+        }
+        Ok(dir)
+    }
+
+    /// The VM's slot, locked: operations on one VM wait for each other.
+    fn slot(&self, vm: &str) -> Slot {
+        let mut vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        vms.entry(vm.to_string()).or_default().clone()
+    }
+
+    /// `<state>/jail`: the helper's tmpfs (mounted here on first use), owned by root.
+    fn jail_base(&self, state: &Dir) -> Result<Dir, Error> {
+        let what = format!("{}/jail", self.state_dir.display());
+        let base = state.make_dir("jail", 0o711).map_err(|e| refused(&what, explain(e)))?;
+        let fs = nix::sys::statfs::fstatfs(base.fd()).map_err(|e| internal(&what, e))?;
+        if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+            let st = base.stat().map_err(|e| internal(&what, e))?;
+            if st.st_uid != 0 {
+                return Err(refused(&what, "it is a tmpfs that root did not mount"));
+            }
+            return Ok(base);
+        }
+        if !base.entries().map_err(|e| internal(&what, e))?.is_empty() {
+            return Err(refused(&what, "it holds files but is not banger's tmpfs; remove it"));
+        }
+        // Mounted through the descriptor, so the mount lands on the directory just checked.
+        nix::mount::mount(
+            Some("banger-jails"),
+            fd_path(base.fd()).as_str(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID,
+            Some("mode=0711"),
+        )
+        .map_err(|e| internal(&format!("cannot mount a tmpfs at {what}"), e))?;
+        // The descriptor names the directory under the mount; look again to get the tmpfs.
+        state.dir(Path::new("jail")).map_err(|e| refused(&what, explain(e)))
+    }
+
+    /// `<jail>/<exec name>/<vm>` as a directory, if it exists.
+    fn vm_dir(&self, base: &Dir, vm: &str) -> Result<Option<Dir>, Error> {
+        match base.dir(&Path::new(&self.exec_name()).join(vm)) {
+            Ok(d) => Ok(Some(d)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(refused(&format!("the jail of {vm}"), explain(e))),
+        }
     }
 
     pub fn launch(&self, spec: &LaunchSpec, console: Option<OwnedFd>) -> Result<(u32, PathBuf), Error> {
         validate::vm_name(&spec.vm)?;
-        let kernel = validate::owned_file(&self.state_dir, &spec.kernel)?;
-        let disk = spec.disk.as_deref().map(|d| validate::owned_file(&self.state_dir, d)).transpose()?;
         if !(1..=32).contains(&spec.cpus) || !(16..=1 << 20).contains(&spec.memory_mib) {
             return Err(Error::new(ErrorKind::InvalidInput, "cpus must be 1-32 and memory 16 MiB-1 TiB"));
         }
@@ -71,34 +153,46 @@ impl Jails {
                 "the VM configuration is not JSON of at most 64 KiB",
             ));
         }
-        ensure_tmpfs(&self.base())?;
-        self.clean(&spec.vm)?;
-        // The jail root, made before the jailer runs so Firecracker finds its files at once: the
-        // kernel and disk bind-mounted in, its log and metrics files, its configuration.
-        let root = self.root(&spec.vm);
-        std::fs::create_dir_all(&root)
-            .map_err(|e| Error::internal(format!("cannot create the jail: {e}")))?;
-        nix::unistd::chown(&root, Some(self.uid), Some(self.gid))
-            .map_err(|e| Error::internal(format!("cannot chown the jail: {e}")))?;
-        let mut dir = self.base();
-        for part in [self.exec_name(), spec.vm.clone()] {
-            // The daemon may run as its (unprivileged) owner and must reach the API socket:
-            // the directories above the jail root are traversable (0711: no listing).
-            let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
-            dir = dir.join(part);
+        let state = self.state()?;
+        let kernel = validate::owned_file(&state, &self.state_dir, self.uid, &spec.kernel)?;
+        let disk = spec
+            .disk
+            .as_deref()
+            .map(|d| validate::owned_file(&state, &self.state_dir, self.uid, d))
+            .transpose()?;
+        let slot = self.slot(&spec.vm);
+        let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let base = self.jail_base(&state)?;
+        self.clean_locked(&base, &spec.vm, &mut held)?;
+        // The jail, built by root with root as owner, so nothing can be planted in it while it is
+        // built: the kernel and disk bound in, the log and metrics files, the configuration.
+        // Directories above the root are traversable (0711, no listing): the daemon, as its
+        // owner, reaches the API socket through them.
+        let fail = |e: Errno| internal(&format!("cannot build the jail of {}", spec.vm), explain(e));
+        let exec = base.make_dir(&self.exec_name(), 0o711).map_err(fail)?;
+        let vm_dir = exec.new_dir(&spec.vm, 0o711).map_err(fail)?;
+        let root = vm_dir.new_dir("root", 0o700).map_err(fail)?;
+        for dir in [&exec, &vm_dir] {
+            nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(0o711)).map_err(fail)?;
         }
-        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
-        bind_into(&kernel, &root.join(BOUND[0]))?;
+        bind_into(&kernel, &root, BOUND[0])?;
         if let Some(disk) = &disk {
-            bind_into(disk, &root.join(BOUND[1]))?;
+            bind_into(disk, &root, BOUND[1])?;
         }
         for name in ["firecracker.log", "metrics.json"] {
-            let file = root.join(name);
-            std::fs::File::create(&file)
-                .map_err(|e| Error::internal(format!("cannot create {}: {e}", file.display())))?;
-            nix::unistd::chown(&file, Some(self.uid), Some(self.gid))
-                .map_err(|e| Error::internal(format!("cannot chown {}: {e}", file.display())))?;
+            let file = root.create(name, 0o600).map_err(fail)?;
+            nix::unistd::fchown(file.as_fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
         }
+        let mut firecracker_args = vec!["--api-sock".to_string(), "/api.sock".to_string()];
+        if let Some(config) = &spec.config {
+            let mut file = root.create("vm.json", 0o600).map_err(fail)?;
+            file.write_all(config.as_bytes())
+                .map_err(|e| internal("cannot write the VM configuration", e))?;
+            nix::unistd::fchown(file.as_fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
+            firecracker_args.extend(["--config-file".into(), "/vm.json".into()]);
+        }
+        // Complete: Firecracker, as the VM's uid, makes its sockets here.
+        nix::unistd::fchown(root.fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
         let (stdout, stderr) = match console {
             Some(fd) => {
                 let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
@@ -106,21 +200,12 @@ impl Jails {
             }
             None => (Stdio::null(), Stdio::null()),
         };
-        let mut firecracker_args = vec!["--api-sock".to_string(), "/api.sock".to_string()];
-        if let Some(config) = &spec.config {
-            let file = root.join("vm.json");
-            std::fs::write(&file, config)
-                .map_err(|e| Error::internal(format!("cannot write the VM configuration: {e}")))?;
-            nix::unistd::chown(&file, Some(self.uid), Some(self.gid))
-                .map_err(|e| Error::internal(format!("cannot chown {}: {e}", file.display())))?;
-            firecracker_args.extend(["--config-file".into(), "/vm.json".into()]);
-        }
         let mut jailer = Command::new(&self.jailer);
         jailer
             .args(["--id", &spec.vm, "--exec-file"])
             .arg(&self.firecracker)
             .args(["--uid", &self.uid.to_string(), "--gid", &self.gid.to_string(), "--chroot-base-dir"])
-            .arg(self.base());
+            .arg(self.state_dir.join("jail"));
         if cgroup_v2() {
             jailer.args(cgroups_v2(spec)).args(["--parent-cgroup", &self.parent_cgroup()]);
         } else {
@@ -134,37 +219,107 @@ impl Jails {
             .stdout(stdout)
             .stderr(stderr)
             .status()
-            .map_err(|e| Error::internal(format!("cannot run the jailer: {e}")))?;
+            .map_err(|e| internal("cannot run the jailer", e))?;
         if !status.success() {
             return Err(Error::internal(format!(
                 "the jailer failed ({status}); the VM's console log says why"
             )));
         }
         let pid = read_pid(&root)?;
-        Ok((pid, root))
+        let vmm = Vmm::launched(pid).map_err(|e| match e {
+            NotOurs::Gone => Error::internal(format!(
+                "Firecracker of {} exited at once; its console log says why",
+                spec.vm
+            )),
+            NotOurs::Other(why) => refused(&format!("the pid file of {}", spec.vm), why),
+        })?;
+        *held = Some(vmm);
+        Ok((pid, self.root(&spec.vm)))
     }
 
-    /// SIGKILLs the VM's Firecracker if `pid` is still it (its jail's pid file says so, and it
-    /// is a firecracker process); a process that is gone already is fine.
+    /// SIGKILLs the VM's Firecracker: the one this helper launched, or, after a helper restart,
+    /// the process `pid` once it is shown to live in the VM's jail. A process that is gone already
+    /// is fine; a live `pid` that is not the VM's VMM is refused, and nothing is killed.
     pub fn kill(&self, vm: &str, pid: u32) -> Result<(), Error> {
         validate::vm_name(vm)?;
-        let recorded = read_pid(&self.root(vm)).ok();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if recorded != Some(pid) || comm.trim() != "firecracker" {
-            return Ok(());
+        let slot = self.slot(vm);
+        let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let base = self.existing_base(&self.state()?)?;
+        match self.find(base.as_ref(), vm, &mut held, pid)? {
+            Some(vmm) => vmm.kill().map_err(|e| internal(&format!("cannot kill pid {pid}"), e)),
+            None => Ok(()),
         }
-        match kill(Pid::from_raw(pid as i32), Signal::SIGKILL) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(Error::internal(format!("cannot kill pid {pid}: {e}"))),
+    }
+
+    /// The VM's running VMM, taken by pidfd: the held one, or `pid` (the jail's pid file where no
+    /// `pid` is given) verified against the jail. None when it is gone.
+    fn find<'a>(
+        &self,
+        base: Option<&Dir>,
+        vm: &str,
+        held: &'a mut Option<Vmm>,
+        pid: u32,
+    ) -> Result<Option<&'a Vmm>, Error> {
+        if held.as_ref().is_some_and(|v| v.exited() || (pid != 0 && v.pid != pid)) {
+            if held.as_ref().is_some_and(|v| !v.exited()) {
+                let running = held.as_ref().map_or(0, |v| v.pid);
+                return Err(refused(
+                    &format!("to kill pid {pid}"),
+                    format!("VM {vm}'s Firecracker is pid {running}"),
+                ));
+            }
+            *held = None;
         }
+        if held.is_none() {
+            let dir = match base {
+                Some(base) => self.vm_dir(base, vm)?,
+                None => None,
+            };
+            let Some(dir) = dir else {
+                return if pid != 0 && Path::new(&format!("/proc/{pid}")).exists() {
+                    Err(refused(
+                        &format!("to kill pid {pid}"),
+                        format!("VM {vm} has no jail, so pid {pid} is not its VMM"),
+                    ))
+                } else {
+                    Ok(None)
+                };
+            };
+            let root = match dir.dir(Path::new("root")) {
+                Ok(r) => r,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(refused(&format!("the jail of {vm}"), explain(e))),
+            };
+            let pid = if pid != 0 {
+                pid
+            } else {
+                match read_pid(&root) {
+                    Ok(p) => p,
+                    Err(_) => return Ok(None),
+                }
+            };
+            let jail_root = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
+            match Vmm::verify(pid, &jail_root) {
+                Ok(v) => *held = Some(v),
+                Err(NotOurs::Gone) => return Ok(None),
+                Err(NotOurs::Other(why)) => {
+                    return Err(refused(&format!("to kill pid {pid} for VM {vm}"), why));
+                }
+            }
+        }
+        Ok(held.as_ref())
     }
 
     /// Unmounts the jails' tmpfs when no jail is left in it (a helper stopping with no VM
     /// running), so nothing of banger stays mounted; returns whether it did.
     pub fn unmount_if_idle(&self) -> bool {
-        let base = self.base();
-        let idle = std::fs::read_dir(base.join(self.exec_name())).map_or(true, |mut d| d.next().is_none());
-        idle && is_tmpfs(&base) && nix::mount::umount2(&base, MntFlags::empty()).is_ok()
+        let Ok(state) = self.state() else { return false };
+        let Ok(base) = state.dir(Path::new("jail")) else { return false };
+        let tmpfs = nix::sys::statfs::fstatfs(base.fd())
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        let idle =
+            base.dir(Path::new(&self.exec_name())).map_or(true, |d| d.entries().is_ok_and(|e| e.is_empty()));
+        idle && tmpfs && nix::mount::umount2(fd_path(base.fd()).as_str(), MntFlags::MNT_DETACH).is_ok()
     }
 
     /// cgroup v1: makes the VM's cpu and memory cgroups with their limits, and has the jailer's
@@ -209,30 +364,62 @@ impl Jails {
         Ok(())
     }
 
-    /// Kills a Firecracker still running in the jail (a launch whose reply was lost), then
-    /// removes the jail dir and the cgroups the jailer made; absent is fine.
+    /// Kills a Firecracker still running in the jail and waits until it is gone, then removes the
+    /// jail dir and the cgroups the jailer made; absent is fine.
     pub fn clean(&self, vm: &str) -> Result<(), Error> {
         validate::vm_name(vm)?;
-        if let Ok(pid) = read_pid(&self.root(vm)) {
-            self.kill(vm, pid)?;
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Path::new(&format!("/proc/{pid}/comm")).exists()
-                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(2));
+        let slot = self.slot(vm);
+        let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state()?;
+        match self.existing_base(&state)? {
+            Some(base) => self.clean_locked(&base, vm, &mut held),
+            None => self.remove_cgroups(vm),
+        }
+    }
+
+    fn clean_locked(
+        &self,
+        base: &Dir,
+        vm: &str,
+        held: &mut MutexGuard<'_, Option<Vmm>>,
+    ) -> Result<(), Error> {
+        if let Some(vmm) = self.find(Some(base), vm, held, 0)? {
+            vmm.kill().map_err(|e| internal(&format!("cannot kill pid {}", vmm.pid), e))?;
+            if !vmm.wait(EXIT_WAIT) {
+                return Err(Error::internal(format!(
+                    "Firecracker of {vm} (pid {}) did not exit after SIGKILL; its jail is kept",
+                    vmm.pid
+                )));
             }
+            vmm.reap();
         }
-        for file in BOUND {
-            // Not mounted (or no jail): nothing to do.
-            let _ = nix::mount::umount2(&self.root(vm).join(file), MntFlags::MNT_DETACH);
+        **held = None;
+        if let Some(dir) = self.vm_dir(base, vm)? {
+            if let Ok(root) = dir.dir(Path::new("root")) {
+                // Back to root's alone, so the VM's uid can add nothing while it is removed.
+                let _ = nix::unistd::fchown(root.fd(), Some(Uid::from_raw(0)), Some(Gid::from_raw(0)));
+                for file in BOUND {
+                    unbind(&root, file)?;
+                }
+            }
+            let exec =
+                base.dir(Path::new(&self.exec_name())).map_err(|e| refused("the jails", explain(e)))?;
+            exec.remove_tree(vm).map_err(|e| internal(&format!("cannot remove the jail of {vm}"), e))?;
         }
-        let dir = self.dir(vm);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::internal(format!("cannot remove {}: {e}", dir.display()))),
+        self.remove_cgroups(vm)
+    }
+
+    /// `<state>/jail` if it exists.
+    fn existing_base(&self, state: &Dir) -> Result<Option<Dir>, Error> {
+        match state.dir(Path::new("jail")) {
+            Ok(d) => Ok(Some(d)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(refused(&format!("{}/jail", self.state_dir.display()), explain(e))),
         }
+    }
+
+    /// The cgroups of the VM, and the state dir's parent cgroup with its last VM.
+    fn remove_cgroups(&self, vm: &str) -> Result<(), Error> {
         for cgroup in cgroup_dirs(&self.parent_cgroup(), vm) {
             if !cgroup.exists() {
                 continue;
@@ -289,50 +476,48 @@ fn cgroup_dirs(parent: &str, vm: &str) -> Vec<PathBuf> {
     }
 }
 
-fn read_pid(root: &Path) -> Result<u32, Error> {
-    let file = root.join("firecracker.pid");
-    let text = std::fs::read_to_string(&file)
+/// The jail's pid file, written by the jailer.
+fn read_pid(root: &Dir) -> Result<u32, Error> {
+    let text = root
+        .read_small("firecracker.pid", 32)
         .map_err(|e| Error::internal(format!("no pid file in the jail: {e}")))?;
-    text.trim().parse().map_err(|_| Error::internal(format!("{} does not hold a pid", file.display())))
+    text.trim().parse().map_err(|_| Error::internal("the jail's pid file does not hold a pid"))
 }
 
 /// The files a jail holds that live outside it, bind-mounted in.
 const BOUND: [&str; 2] = ["vmlinux", "disk.ext4"];
 
-/// Bind-mounts the file `from` at `to` (made empty first). `from` was validated by path; it is
-/// opened without following a symlink and the mount names that descriptor, so a symlink swapped
-/// in since cannot point the jail elsewhere.
-fn bind_into(from: &Path, to: &Path) -> Result<(), Error> {
-    let fail = |e: String| Error::internal(format!("cannot put {} into the jail: {e}", from.display()));
-    let source = nix::fcntl::open(
-        from,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
+/// Bind-mounts `source` (a checked file's descriptor) at `name` in the jail root, made empty
+/// first. Both ends are named by descriptor, so neither can be redirected since its check.
+fn bind_into(source: &OwnedFd, root: &Dir, name: &str) -> Result<(), Error> {
+    let fail = |e: String| Error::internal(format!("cannot put {name} into the jail: {e}"));
+    let target = root.create(name, 0o600).map_err(|e| fail(explain(e)))?;
+    nix::mount::mount(
+        Some(fd_path(source.as_fd()).as_str()),
+        fd_path(target.as_fd()).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
     )
-    .map_err(|e| fail(e.to_string()))?;
-    std::fs::File::create(to).map_err(|e| fail(e.to_string()))?;
-    let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&source));
-    nix::mount::mount(Some(via.as_str()), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| fail(e.to_string()))
+    .map_err(|e| fail(e.to_string()))
 }
 
-fn is_tmpfs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-}
-
-/// Mounts a tmpfs of its own at `base` unless it is one already or holds anything (jails from
-/// before, on disk, stay where they are). Jails hold only what a running VMM needs: the jailer's
-/// copy of Firecracker (2.9 MB per VM), sockets, logs, device nodes. Written to disk for every VM,
-/// they kept the host's filesystem busy and every later file operation slowed (the jailer
-/// 2.2 → 6.7 ms over a few hundred VMs). It stays mounted across helper restarts, since running
-/// VMs' jails live there, until a helper stops with none left (`unmount_if_idle`).
-fn ensure_tmpfs(base: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(base)
-        .map_err(|e| Error::internal(format!("cannot create {}: {e}", base.display())))?;
-    let empty = std::fs::read_dir(base).is_ok_and(|mut d| d.next().is_none());
-    if is_tmpfs(base) || !empty {
+/// Undoes `bind_into`: unmounts `name` in the jail root if it is a mount. A symlink there is not
+/// followed (and is then removed with the jail).
+fn unbind(root: &Dir, name: &str) -> Result<(), Error> {
+    let handle = match root.handle(Path::new(name)) {
+        Ok(h) => h,
+        Err(Errno::ENOENT | Errno::ELOOP) => return Ok(()),
+        Err(e) => return Err(internal(&format!("cannot reach {name} in the jail"), explain(e))),
+    };
+    let here = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
+    let st = nix::sys::stat::fstat(&handle).map_err(|e| internal("cannot stat the jail", e))?;
+    let is_file = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    if st.st_dev == here.st_dev || !is_file {
         return Ok(());
     }
-    nix::mount::mount(Some("banger-jails"), base, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0711"))
-        .map_err(|e| Error::internal(format!("cannot mount a tmpfs at {}: {e}", base.display())))
+    match nix::mount::umount2(fd_path(handle.as_fd()).as_str(), MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) => Ok(()),
+        Err(e) => Err(internal(&format!("cannot unmount {name} in the jail"), e)),
+    }
 }

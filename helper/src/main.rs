@@ -4,8 +4,10 @@
 //! the environment, tight umask), validate every flag, then act. It serves one owner uid on its
 //! own seqpacket socket; every other peer is refused after the handshake says why.
 
+mod beneath;
 mod jail;
 mod net;
+mod process;
 mod sanitize;
 mod server;
 mod validate;
@@ -61,6 +63,12 @@ fn main() -> ExitCode {
         eprintln!("banger-helper: {e}");
         return ExitCode::from(2);
     }
+    // The VMMs the jailer forks become the helper's children when the jailer exits, which
+    // proves whose they are (`process::Vmm::launched`) and lets the helper collect their exit.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("banger-helper: cannot become a child subreaper: {e}");
+        return ExitCode::from(1);
+    }
     let owner = Uid::from_raw(args.owner_uid);
     let owner_gid = match nix::unistd::User::from_uid(owner) {
         Ok(Some(u)) => u.gid,
@@ -73,13 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let jails = jail::Jails {
-        state_dir: args.state_dir,
-        firecracker: args.firecracker,
-        jailer: args.jailer,
-        uid: owner,
-        gid: owner_gid,
-    };
+    let jails = jail::Jails::new(args.state_dir, args.firecracker, args.jailer, owner, owner_gid);
     let config = server::Config { socket: args.socket, owner, pid_file: args.pid_file, jails };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

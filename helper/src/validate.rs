@@ -4,9 +4,14 @@
 //! directories, network parameters required to be private and sane.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path};
 
+use nix::sys::stat::SFlag;
+use nix::unistd::Uid;
 use protocol::{Error, ErrorKind};
+
+use crate::beneath::{Dir, explain};
 
 fn invalid(message: String) -> Error {
     Error::new(ErrorKind::InvalidInput, message)
@@ -51,21 +56,33 @@ pub fn host_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), Error> {
     Ok((addr, prefix))
 }
 
-/// A file the helper may hand to a VM: it must resolve (symlinks and all) to a regular file in
-/// `<state>/images`, `<state>/kernels` or `<state>/vms`.
-pub fn owned_file(state_dir: &Path, path: &str) -> Result<PathBuf, Error> {
+/// A file the helper may hand to a VM, as a descriptor: `path` must lie in `<state>/images`,
+/// `<state>/kernels` or `<state>/vms`, be reached from the state dir's descriptor with no symlink
+/// on the way, and be a regular file with one link (a hard link could name any file on the
+/// filesystem), owned by the owner or root.
+pub fn owned_file(state: &Dir, state_dir: &Path, owner: Uid, path: &str) -> Result<OwnedFd, Error> {
     let refuse = |why: String| Error::new(ErrorKind::PermissionDenied, format!("refusing {path:?}: {why}"));
-    let state = state_dir.canonicalize().map_err(|e| refuse(format!("the state dir is unusable: {e}")))?;
-    let real = Path::new(path).canonicalize().map_err(|e| refuse(e.to_string()))?;
-    let inside = ["images", "kernels", "vms"].iter().any(|d| real.starts_with(state.join(d)));
-    if !inside {
-        return Err(refuse(format!("it is not inside {}/{{images,kernels,vms}}", state.display())));
+    let rel = Path::new(path)
+        .strip_prefix(state_dir)
+        .map_err(|_| refuse(format!("it is not inside {}", state_dir.display())))?;
+    let inside = rel.components().next().is_some_and(
+        |c| matches!(c, Component::Normal(d) if ["images", "kernels", "vms"].iter().any(|ok| d == *ok)),
+    );
+    if !inside || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(refuse(format!("it is not inside {}/{{images,kernels,vms}}", state_dir.display())));
     }
-    let meta = std::fs::symlink_metadata(&real).map_err(|e| refuse(e.to_string()))?;
-    if !meta.is_file() {
+    let fd = state.handle(rel).map_err(|e| refuse(explain(e)))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| refuse(e.to_string()))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err(refuse("it is not a regular file".into()));
     }
-    Ok(real)
+    if st.st_nlink != 1 {
+        return Err(refuse(format!("it has {} hard links; banger's files have one", st.st_nlink)));
+    }
+    if st.st_uid != owner.as_raw() && st.st_uid != 0 {
+        return Err(refuse(format!("it belongs to uid {}, not to banger's owner", st.st_uid)));
+    }
+    Ok(fd)
 }
 
 /// Paths given on the command line of a root process: absolute, without `..`.
@@ -117,17 +134,33 @@ mod tests {
 
     #[test]
     fn files_must_be_banger_files() {
-        let state = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(state.path().join("vms/web")).unwrap();
-        std::fs::write(state.path().join("vms/web/disk.ext4"), b"").unwrap();
-        std::fs::write(state.path().join("secret"), b"").unwrap();
-        std::os::unix::fs::symlink("/etc/shadow", state.path().join("vms/web/link")).unwrap();
-        let p = |rel: &str| state.path().join(rel).display().to_string();
-        assert!(owned_file(state.path(), &p("vms/web/disk.ext4")).is_ok());
-        assert!(owned_file(state.path(), &p("secret")).is_err(), "outside images/kernels/vms");
-        assert!(owned_file(state.path(), &p("vms/web/link")).is_err(), "a symlink out");
-        assert!(owned_file(state.path(), &p("vms/web/../../secret")).is_err(), "dot-dot out");
-        assert!(owned_file(state.path(), &p("vms/web")).is_err(), "a directory");
-        assert!(owned_file(state.path(), "/etc/passwd").is_err());
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path();
+        std::fs::create_dir_all(state.join("vms/web")).unwrap();
+        std::fs::write(state.join("vms/web/disk.ext4"), b"").unwrap();
+        std::fs::write(state.join("secret"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", state.join("vms/web/link")).unwrap();
+        std::os::unix::fs::symlink(state.join("vms/web"), state.join("vms/dirlink")).unwrap();
+        std::fs::write(state.join("vms/web/twice"), b"").unwrap();
+        std::fs::hard_link(state.join("vms/web/twice"), state.join("vms/web/twice2")).unwrap();
+        let dir = Dir::open(state).unwrap();
+        let me = nix::unistd::geteuid();
+        let check = |rel: &str| owned_file(&dir, state, me, &state.join(rel).display().to_string());
+        assert!(check("vms/web/disk.ext4").is_ok());
+        assert!(check("secret").is_err(), "outside images/kernels/vms");
+        assert!(check("vms/web/link").is_err(), "a symlink out");
+        assert!(check("vms/dirlink/disk.ext4").is_err(), "a symlinked directory on the way");
+        assert!(check("vms/web/../../secret").is_err(), "dot-dot out");
+        assert!(check("vms/web").is_err(), "a directory");
+        let linked = check("vms/web/twice").unwrap_err();
+        assert!(linked.message.contains("hard links"), "{linked:?}");
+        assert!(owned_file(&dir, state, me, "/etc/passwd").is_err());
+        if me.is_root() {
+            // A file of a third uid (neither the owner nor root) is not banger's.
+            std::fs::write(state.join("vms/web/theirs"), b"").unwrap();
+            nix::unistd::chown(&state.join("vms/web/theirs"), Some(Uid::from_raw(54321)), None).unwrap();
+            let theirs = check("vms/web/theirs").unwrap_err();
+            assert!(theirs.message.contains("uid 54321"), "{theirs:?}");
+        }
     }
 }

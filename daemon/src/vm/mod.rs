@@ -64,6 +64,15 @@ struct Exited {
     pid: u32,
 }
 
+/// The helper refused or failed to kill the VMM `pid` (a record naming a process that is not
+/// its VMM): the VM is marked failed rather than waited on forever.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct KillFailed {
+    pid: u32,
+    error: Error,
+}
+
 /// What outlives the actor, however it goes: the VmManager is told, with a future that
 /// resolves once the record's last queued state is on disk, so a replacement reads that state.
 pub struct VmGuard {
@@ -90,7 +99,7 @@ pub struct VmActor {
     guard: VmGuard,
     /// Set when the exit about to come was asked for (stop, kill): it ends in `Stopped`.
     expected_exit: bool,
-    waiters: Vec<oneshot::Sender<VmInfo>>,
+    waiters: Vec<oneshot::Sender<Result<VmInfo, Error>>>,
     /// While the VMM runs: the console watch that feeds `vm logs -f` and trims the log.
     console: Option<follow::Watch>,
 }
@@ -151,7 +160,7 @@ impl VmActor {
         });
     }
 
-    fn wait(&mut self) -> oneshot::Receiver<VmInfo> {
+    fn wait(&mut self) -> oneshot::Receiver<Result<VmInfo, Error>> {
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
         rx
@@ -161,7 +170,7 @@ impl VmActor {
     fn until_exit(&mut self) -> ResponseActFuture<Self, Result<VmInfo, Error>> {
         let rx = self.wait();
         Box::pin(
-            async move { rx.await.map_err(|_| Error::internal("the VM actor stopped")) }.into_actor(self),
+            async move { rx.await.map_err(|_| Error::internal("the VM actor stopped"))? }.into_actor(self),
         )
     }
 }
@@ -308,13 +317,10 @@ impl Handler<Stop> for VmActor {
                     });
                 }
                 // Past the timeout, kill; a VMM that already exited makes this a no-op.
-                ctx.run_later(msg.timeout, move |act, _| {
+                ctx.run_later(msg.timeout, move |act, ctx| {
                     if act.record.running.as_ref().is_some_and(|r| r.pid == running.pid) {
                         warn!(act.log, "no shutdown within the timeout; killing");
-                        let (vmm, name) = (act.vmm.clone(), act.name());
-                        actix::spawn(async move {
-                            let _ = vmm.kill(&name, &running).await;
-                        });
+                        act.kill(&running, ctx);
                     }
                 });
                 self.until_exit()
@@ -328,7 +334,7 @@ impl Handler<Stop> for VmActor {
 impl Handler<Kill> for VmActor {
     type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
 
-    fn handle(&mut self, _: Kill, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.check(VmAction::Kill) {
             return Box::pin(async move { Err(e) }.into_actor(self));
         }
@@ -337,12 +343,7 @@ impl Handler<Kill> for VmActor {
             return Box::pin(async move { Ok(info) }.into_actor(self));
         };
         self.expected_exit = true;
-        let (vmm, name, log) = (self.vmm.clone(), self.name(), self.log.clone());
-        actix::spawn(async move {
-            if let Err(e) = vmm.kill(&name, &running).await {
-                warn!(log, "kill failed"; "error" => %e.message);
-            }
-        });
+        self.kill(&running, ctx);
         self.until_exit()
     }
 }
@@ -366,7 +367,36 @@ impl Handler<Exited> for VmActor {
     }
 }
 
+impl Handler<KillFailed> for VmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: KillFailed, _: &mut Context<Self>) {
+        if self.record.running.take_if(|r| r.pid == msg.pid).is_none() {
+            return;
+        }
+        self.record.info.pid = None;
+        self.console = None;
+        self.record.info.spec.ip = None;
+        self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
+        self.expected_exit = false;
+        self.set(VmState::Failed(format!("its VMM could not be killed: {}", msg.error.message)));
+        self.release(Err(msg.error));
+    }
+}
+
 impl VmActor {
+    /// Asks for the VMM to be killed, off the mailbox; a refusal arrives as `KillFailed`.
+    fn kill(&self, running: &Running, ctx: &mut Context<Self>) {
+        let (vmm, name, log, addr, running) =
+            (self.vmm.clone(), self.name(), self.log.clone(), ctx.address(), running.clone());
+        actix::spawn(async move {
+            if let Err(error) = vmm.kill(&name, &running).await {
+                warn!(log, "kill failed"; "error" => %error.message);
+                addr.do_send(KillFailed { pid: running.pid, error });
+            }
+        });
+    }
+
     /// The VMM is gone: `Stopped` if the exit was asked for or clean, else `Failed` with the
     /// console's last lines. Its host resources are released while the state is written; then
     /// whoever waits for the exit is told.
@@ -389,6 +419,12 @@ impl VmActor {
         };
         self.expected_exit = false;
         self.set(state);
+        self.release(Ok(()));
+    }
+
+    /// Releases the VM's host resources (tap, jail) while its state is written, then answers
+    /// whoever waits for the exit: with the VM, or with why the VMM could not be stopped.
+    fn release(&mut self, outcome: Result<(), Error>) {
         let (vmm, name, log, saved) = (self.vmm.clone(), self.name(), self.log.clone(), self.saved());
         let info = self.record.info.clone();
         let waiters = std::mem::take(&mut self.waiters);
@@ -401,7 +437,7 @@ impl VmActor {
                 warn!(log, "cannot clean up after the VMM"; "error" => %e.message);
             }
             for w in waiters {
-                let _ = w.send(info.clone());
+                let _ = w.send(outcome.clone().map(|()| info.clone()));
             }
         });
     }
