@@ -192,6 +192,30 @@ async fn an_idle_connection_is_closed_after_the_timeout_and_a_stream_is_not() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_a_stream_loses_its_connection() {
+    let (_settings, opts) = opts_with("[connections]\nidle_timeout_secs = 1\n", vec![]);
+    let d = TestDaemon::start_with(opts).await;
+    // Asks for 16 MiB in 1000 frames and reads none: the daemon's send waits on it.
+    let mut stalled = d.client().await;
+    let echo = ChaosAction::Echo { payload: vec![7; 16 << 10], repeat: 1000 };
+    stalled.send(&Request::Chaos(echo)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // What the socket buffered is still there to read; then the connection ends, cut short.
+    let mut frames = 0;
+    let ended = loop {
+        match stalled.next().await {
+            Ok(Some((Response::Echo(_), true))) => frames += 1,
+            other => break other,
+        }
+    };
+    eprintln!("a stalled stream was cut after {frames} of 1000 frames: {:?}", ended.as_ref().map(|_| ()));
+    assert!(frames < 1000, "the stream was not cut");
+    assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
+    let status = d.cli(&["daemon", "status"]);
+    assert!(stdout(&status).contains("  1 open, "), "only the status connection: {}", stdout(&status));
+}
+
+#[tokio::test]
 async fn vm_logs_follow_outlives_the_idle_timeout() {
     let Some(host) = VmHost::start_configured("[connections]\nidle_timeout_secs = 1\n").await else { return };
     host.create("quiet", "wait");

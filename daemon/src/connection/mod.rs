@@ -106,7 +106,7 @@ async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logg
         }
         None => {
             info!(log, "closed a connection that had not said hello, to make room for the owner");
-            let _ = refuse_before_handshake(&chan, &ours, evicted()).await;
+            let _ = tokio::time::timeout(LAST_WORD, refuse_before_handshake(&chan, &ours, evicted())).await;
             return;
         }
     };
@@ -125,7 +125,7 @@ async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logg
             Next::Request(Err(e)) => {
                 warn!(log, "closing a connection that sent a bad message"; "error" => %e);
                 if let Some(reply) = e.to_reply() {
-                    let _ = chan.send(&Response::Error(reply), false).await;
+                    last_word(&chan, &Response::Error(reply)).await;
                 }
                 return;
             }
@@ -133,22 +133,52 @@ async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logg
             // reads why it was closed instead of a bare broken pipe.
             Next::Idle(after) => {
                 debug!(log, "closing an idle connection"; "idle_s" => after.as_secs());
-                let _ = chan.send(&Response::Error(idle(after)), false).await;
+                last_word(&chan, &Response::Error(idle(after))).await;
                 return;
             }
             Next::Evicted => {
                 info!(log, "closed an idle connection to make room for the owner");
-                let _ = chan.send(&Response::Error(evicted()), false).await;
+                last_word(&chan, &Response::Error(evicted())).await;
                 return;
             }
         };
         seat.activity.busy();
         // A descriptor only ever accompanies an import; any other is closed here.
         let fd = chan.take_fd();
-        if let Err(e) = route(&chan, request, fd, version, &deps).await {
+        if let Err(e) =
+            route(&Replies { chan: &chan, stall: idle_timeout }, request, fd, version, &deps).await
+        {
             debug!(log, "reply failed"; "error" => %e);
             return;
         }
+    }
+}
+
+/// How long the last word before closing may wait for room in the client's socket.
+const LAST_WORD: Duration = Duration::from_secs(1);
+
+/// Sends the error a connection closes with; a client that reads nothing is not waited for.
+async fn last_word(chan: &Channel, reply: &Response) {
+    let _ = tokio::time::timeout(LAST_WORD, chan.send(reply, false)).await;
+}
+
+/// Where replies go. A client that stops reading would leave the daemon's send waiting, its
+/// connection busy (so never idle, never closed) and its seat held for good: a send that cannot
+/// finish within the idle timeout ends the connection.
+struct Replies<'a> {
+    chan: &'a Channel,
+    stall: Option<Duration>,
+}
+
+impl Replies<'_> {
+    async fn send<T: serde::Serialize>(&self, message: &T, more: bool) -> Result<(), WireError> {
+        let Some(stall) = self.stall else { return self.chan.send(message, more).await };
+        tokio::time::timeout(stall, self.chan.send(message, more)).await.unwrap_or_else(|_| {
+            Err(WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", stall.as_secs()),
+            )))
+        })
     }
 }
 
@@ -212,7 +242,7 @@ fn stream<T>(result: Result<T, Error>, as_reply: impl FnOnce(T) -> Reply) -> Rep
 }
 
 async fn route(
-    chan: &Channel,
+    chan: &Replies<'_>,
     request: Request,
     fd: Option<OwnedFd>,
     version: u32,
@@ -337,7 +367,7 @@ async fn chaos(action: ChaosAction, p: &Peers) -> Reply {
 }
 
 /// Streams a pull's or an import's progress, then its result.
-async fn send_pull(chan: &Channel, mut handle: PullHandle) -> Result<(), WireError> {
+async fn send_pull(chan: &Replies<'_>, mut handle: PullHandle) -> Result<(), WireError> {
     while let Some(event) = handle.events.recv().await {
         chan.send(&Response::PullProgress(event), true).await?;
     }
@@ -350,7 +380,10 @@ async fn send_pull(chan: &Channel, mut handle: PullHandle) -> Result<(), WireErr
 }
 
 /// Streams console output, then `Ok` (or the error that cut it short).
-async fn send_log(chan: &Channel, mut chunks: tokio::sync::mpsc::Receiver<Chunk>) -> Result<(), WireError> {
+async fn send_log(
+    chan: &Replies<'_>,
+    mut chunks: tokio::sync::mpsc::Receiver<Chunk>,
+) -> Result<(), WireError> {
     while let Some(chunk) = chunks.recv().await {
         match chunk {
             Ok(bytes) => chan.send(&Response::Log(bytes), true).await?,
