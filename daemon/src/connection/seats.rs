@@ -203,13 +203,14 @@ impl Seats {
 impl Table {
     /// Tells the connection idle the longest to close; false when every one is busy.
     fn evict_longest_idle(&mut self) -> bool {
+        // Ties (idle since the same millisecond) go to the oldest connection.
         let victim = self
             .held
-            .values()
-            .filter(|h| !h.activity.evicted.load(Ordering::Relaxed))
-            .map(|h| (h.activity.idle_since.load(Ordering::Relaxed), &h.activity))
-            .filter(|(since, _)| *since != BUSY)
-            .min_by_key(|(since, _)| *since)
+            .iter()
+            .filter(|(_, h)| !h.activity.evicted.load(Ordering::Relaxed))
+            .map(|(id, h)| ((h.activity.idle_since.load(Ordering::Relaxed), *id), &h.activity))
+            .filter(|((since, _), _)| *since != BUSY)
+            .min_by_key(|(key, _)| *key)
             .map(|(_, a)| a.clone());
         let Some(victim) = victim else { return false };
         victim.evicted.store(true, Ordering::Relaxed);
