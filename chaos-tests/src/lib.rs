@@ -66,6 +66,15 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// Raises this process's soft limit on open files to its hard limit (tests that open
+/// thousands of connections need it) and returns the new limit.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    hard
+}
+
 /// Polls `op` until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut op: F) -> T
 where

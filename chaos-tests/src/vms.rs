@@ -46,6 +46,15 @@ impl VmHost {
 
     /// With `net`, the bridge and subnet the daemon is given.
     pub async fn start_with(owner: Option<(u32, u32)>, net: Net) -> Option<Self> {
+        Self::start_full(owner, net, None).await
+    }
+
+    /// With `settings` as the daemon's bangerd.toml.
+    pub async fn start_configured(settings: &str) -> Option<Self> {
+        Self::start_full(None, Net::Own, Some(settings)).await
+    }
+
+    async fn start_full(owner: Option<(u32, u32)>, net: Net, settings: Option<&str>) -> Option<Self> {
         if !capable("root", is_root(), "VMs need the root helper") {
             return None;
         }
@@ -69,6 +78,9 @@ impl VmHost {
                 )
                 .expect("chown");
             }
+        }
+        if let Some(settings) = settings {
+            std::fs::write(dir.path().join("bangerd.toml"), settings).expect("write bangerd.toml");
         }
         let helper = TestHelper::start_in(&socket, owner.map_or(0, |o| o.0), dir.path()).await;
         // A bridge and subnet of its own: tests run side by side on one host.

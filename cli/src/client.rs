@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::unistd::{Gid, Group};
-use protocol::channel::{Client, ClientError, Daemon, is_not_running, is_permission_denied};
+use protocol::channel::{Client, ClientError, Daemon, WireError, is_not_running, is_permission_denied};
 use protocol::daemon::{Request, Response};
 use protocol::{Error, ErrorKind};
 
@@ -76,6 +76,18 @@ pub fn advise(socket: &Path, err: ClientError) -> Error {
         ClientError::Closed => {
             Error::new(ErrorKind::Unavailable, "bangerd closed the connection before answering")
                 .with_hint("it may be shutting down; see `banger daemon status`")
+        }
+        // Gone without a word (a daemon that says why is reported by its own error).
+        ClientError::Wire(WireError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::NotConnected
+            ) =>
+        {
+            Error::new(ErrorKind::Unavailable, format!("bangerd on {shown} closed the connection ({e})"))
+                .with_hint("run the command again; if it keeps happening, see `banger daemon status`")
         }
         other => Error::new(ErrorKind::Protocol, format!("talking to bangerd on {shown}: {other}"))
             .with_hint("the client and daemon may be out of step; compare `banger version`"),

@@ -8,11 +8,19 @@ use tokio_seqpacket::UCred;
 
 use crate::config::Config;
 
+/// The daemon's own uid and root: admitted without a lookup, and given the reserved seats.
+pub fn is_owner(config: &Config, uid: u32) -> bool {
+    let uid = Uid::from_raw(uid);
+    uid == config.owner || uid.is_root()
+}
+
+/// Whether `cred` may use the daemon. Looks users and groups up (NSS), which may block: call it
+/// off the runtime's threads.
 pub fn admit(config: &Config, cred: &UCred) -> Result<(), Error> {
-    let uid = Uid::from_raw(cred.uid());
-    if uid == config.owner || uid.is_root() {
+    if is_owner(config, cred.uid()) {
         return Ok(());
     }
+    let uid = Uid::from_raw(cred.uid());
     let user = User::from_uid(uid).ok().flatten();
     if let Some((gid, _)) = &config.group {
         let in_group = Gid::from_raw(cred.gid()) == *gid

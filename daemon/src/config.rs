@@ -78,6 +78,22 @@ pub struct Config {
     pub subnet: Option<(std::net::Ipv4Addr, u8)>,
     /// VM defaults the settings file gives (the host's own fill the gaps).
     pub vm_defaults: VmDefaults,
+    pub connections: Connections,
+}
+
+/// How long clients may hold the daemon's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Connections {
+    /// A connection with no request in flight for this long is closed; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Connections one uid other than the owner's (and root's) may hold at once.
+    pub max_per_uid: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { idle_timeout: Some(std::time::Duration::from_secs(300)), max_per_uid: 64 }
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +111,7 @@ impl Config {
             bridge: bridge_for(dir),
             subnet: Some((std::net::Ipv4Addr::new(10, 250, 250, 0), 24)),
             vm_defaults: VmDefaults::default(),
+            connections: Connections::default(),
         }
     }
 }
@@ -109,6 +126,37 @@ pub struct File {
     pub network: NetworkFile,
     #[serde(default)]
     pub images: ImagesFile,
+    #[serde(default)]
+    pub connections: ConnectionsFile,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsFile {
+    /// Seconds; 0 keeps idle connections open for good.
+    pub idle_timeout_secs: Option<u64>,
+    pub max_per_uid: Option<usize>,
+}
+
+impl ConnectionsFile {
+    fn resolve(&self) -> Result<Connections, String> {
+        let default = Connections::default();
+        let idle_timeout = match self.idle_timeout_secs {
+            None => default.idle_timeout,
+            Some(0) => None,
+            Some(s) => Some(std::time::Duration::from_secs(s)),
+        };
+        let max_per_uid = match self.max_per_uid {
+            None => default.max_per_uid,
+            Some(0) => {
+                return Err("[connections] max_per_uid = 0 would lock out everyone but the owner; \
+                            use the socket's mode for that (drop --group)"
+                    .into());
+            }
+            Some(n) => n,
+        };
+        Ok(Connections { idle_timeout, max_per_uid })
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
@@ -187,6 +235,7 @@ impl Config {
                 None => None,
             },
             vm_defaults: file.vm,
+            connections: file.connections.resolve()?,
         })
     }
 }
@@ -228,6 +277,11 @@ mod tests {
             (f.vm.cpus, f.vm.memory_mib, f.network.bridge.as_deref()),
             (Some(1), Some(64), Some("banger7"))
         );
+        std::fs::write(&path, "[connections]\nidle_timeout_secs = 0\nmax_per_uid = 3\n").unwrap();
+        let c = File::load(&path, true).unwrap().connections.resolve().unwrap();
+        assert_eq!((c.idle_timeout, c.max_per_uid), (None, 3), "0 s: idle connections stay");
+        std::fs::write(&path, "[connections]\nmax_per_uid = 0\n").unwrap();
+        assert!(File::load(&path, true).unwrap().connections.resolve().is_err());
         std::fs::write(&path, "[vm]\ncpu = 1\n").unwrap();
         assert!(File::load(&path, true).unwrap_err().contains("unknown field"), "typos are errors");
     }

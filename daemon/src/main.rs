@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_fd_limit(&log);
     let listener = match api_server::bind(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -88,5 +89,25 @@ fn main() -> ExitCode {
             eprintln!("bangerd: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: the usual soft limit (1024) is less
+/// than the connections bangerd serves plus what its VMs need.
+fn raise_fd_limit(log: &slog::Logger) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use slog::warn;
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => return warn!(log, "cannot read the open-file limit"; "error" => %e),
+    };
+    let raised = if soft < hard { setrlimit(Resource::RLIMIT_NOFILE, hard, hard) } else { Ok(()) };
+    if let Err(e) = raised {
+        warn!(log, "cannot raise the open-file limit"; "soft" => soft, "hard" => hard, "error" => %e);
+    }
+    let wanted = (connection::seats::MAX_CONNECTIONS + 256) as u64;
+    if hard < wanted {
+        warn!(log, "the open-file limit is low for the connections bangerd serves";
+            "limit" => hard, "wanted" => wanted, "hint" => "raise LimitNOFILE (systemd) or `ulimit -Hn`");
     }
 }

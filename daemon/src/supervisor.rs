@@ -16,6 +16,7 @@ use slog::{Logger, error, info, o, warn};
 use crate::api_server::ApiServer;
 use crate::child::{ChildCtx, ChildExited, ChildGuard, ChildStarted, Control, Describe};
 use crate::config::Config;
+use crate::connection::seats::Seats;
 use crate::connection::{Deps, version_info};
 use crate::helper::HelperLink;
 use crate::image_cache::ImageCache;
@@ -110,6 +111,8 @@ struct Slot {
 pub struct Supervisor {
     config: Config,
     listener: OwnedFd,
+    /// Who holds the daemon's connections: kept here, since connections outlive an ApiServer.
+    seats: Seats,
     log: Logger,
     /// Where every child finds the others; written here as each one starts.
     peers: Peers,
@@ -140,6 +143,7 @@ impl Supervisor {
             .collect();
         let notifier = Notifier::from_env(log.clone());
         Supervisor {
+            seats: Seats::new(config.connections.max_per_uid),
             config,
             listener,
             log,
@@ -189,7 +193,7 @@ impl Supervisor {
             }
             Child::Api => {
                 let deps = Deps { config: self.config.clone(), peers };
-                match ApiServer::new(cx, &self.listener, deps) {
+                match ApiServer::new(cx, &self.listener, deps, self.seats.clone()) {
                     Ok(api) => Some(Handle::of(api.start())),
                     // The guard was dropped with it, so the exit is already on its way.
                     Err(e) => {

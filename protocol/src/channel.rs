@@ -18,8 +18,18 @@ use crate::frame::{self, FrameError, MAX_DATAGRAM, Reassembler};
 use crate::handshake::{self, Hello, ServerHello, ServiceKind};
 use crate::helper::{HelperRequest, HelperResponse};
 
-/// How long a server waits for a new connection's `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a server waits for a new connection's `Hello`. A real client sends it as soon as
+/// it connects; a peer that says nothing would otherwise hold a connection slot for free.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How long a client that finds its connection closed waits for the server's last word.
+const FAREWELL_WAIT: Duration = Duration::from_millis(200);
+
+/// Whether an I/O error means the peer has closed its end.
+fn peer_closed(err: &WireError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected};
+    matches!(err, WireError::Io(e) if matches!(e.kind(), BrokenPipe | ConnectionReset | NotConnected))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -200,6 +210,9 @@ pub enum ClientError {
 /// The client end of a connection, after a successful handshake.
 pub struct Client<S: Service> {
     chan: Channel,
+    /// What the server said as it closed the connection, found when a send failed; returned
+    /// by the next `next()`.
+    farewell: Option<(S::Response, bool)>,
     /// The protocol version both sides speak.
     pub version: u32,
     /// What the server said of itself.
@@ -218,14 +231,19 @@ impl<S: Service> Client<S> {
 
     /// Handshakes on an existing channel with a given `Hello` (tests use odd ones).
     pub async fn handshake(mut chan: Channel, ours: Hello) -> Result<Self, ClientError> {
-        chan.send(&ours, false).await?;
+        // A server that refuses at once (too many connections) may have closed before our
+        // `Hello` went out; its refusal is still there to read.
+        match chan.send(&ours, false).await {
+            Err(e) if !peer_closed(&e) => return Err(e.into()),
+            _ => {}
+        }
         let (reply, _): (ServerHello, bool) = chan.recv().await?.ok_or(ClientError::Closed)?;
         let version = reply.result.map_err(ClientError::Refused)?;
         // The server chose; check it chose something we speak.
         if version < ours.min_version || version > ours.max_version {
             return Err(ClientError::Refused(handshake::version_mismatch(&ours, &reply.hello)));
         }
-        Ok(Client { chan, version, server: reply.hello, _service: PhantomData })
+        Ok(Client { chan, farewell: None, version, server: reply.hello, _service: PhantomData })
     }
 
     /// Sends a request and returns its single reply.
@@ -239,7 +257,22 @@ impl<S: Service> Client<S> {
     }
 
     pub async fn send(&mut self, request: &S::Request) -> Result<(), ClientError> {
-        Ok(self.chan.send(request, false).await?)
+        match self.chan.send(request, false).await {
+            Err(e) if peer_closed(&e) => self.keep_farewell(e).await,
+            sent => Ok(sent?),
+        }
+    }
+
+    /// After a send found the server gone: a server that closes a connection (idle too long,
+    /// say) first says why, and that reason is the answer the caller gets from `next()`.
+    async fn keep_farewell(&mut self, sending: WireError) -> Result<(), ClientError> {
+        match tokio::time::timeout(FAREWELL_WAIT, self.chan.recv()).await {
+            Ok(Ok(Some(farewell))) => {
+                self.farewell = Some(farewell);
+                Ok(())
+            }
+            _ => Err(sending.into()),
+        }
     }
 
     /// Sends a request with a file descriptor for the server to read (SCM_RIGHTS).
@@ -248,11 +281,17 @@ impl<S: Service> Client<S> {
         request: &S::Request,
         fd: BorrowedFd<'_>,
     ) -> Result<(), ClientError> {
-        Ok(self.chan.send_with_fd(request, fd).await?)
+        match self.chan.send_with_fd(request, fd).await {
+            Err(e) if peer_closed(&e) => self.keep_farewell(e).await,
+            sent => Ok(sent?),
+        }
     }
 
     /// The next reply of a stream, with whether more follow.
     pub async fn next(&mut self) -> Result<Option<(S::Response, bool)>, ClientError> {
+        if let Some(farewell) = self.farewell.take() {
+            return Ok(Some(farewell));
+        }
         Ok(self.chan.recv().await?)
     }
 
@@ -270,7 +309,9 @@ pub async fn server_handshake(
 ) -> Result<u32, Error> {
     let received = tokio::time::timeout(HANDSHAKE_TIMEOUT, chan.recv::<Hello>()).await;
     let verdict = match received {
-        Err(_) => Err(Error::protocol("no handshake within 5 s")),
+        Err(_) => {
+            Err(Error::protocol(format!("no handshake within {:.1} s", HANDSHAKE_TIMEOUT.as_secs_f64())))
+        }
         Ok(Ok(Some((theirs, _)))) => handshake::negotiate(ours, &theirs).and_then(|v| admit.map(|()| v)),
         Ok(Ok(None)) => Err(Error::protocol("closed before the handshake")),
         Ok(Err(e)) => Err(Error::protocol(format!("the peer is not a banger client: {e}"))),
@@ -278,6 +319,12 @@ pub async fn server_handshake(
     // A peer that vanished cannot be told; the verdict stands either way.
     let _ = chan.send(&ServerHello { hello: ours.clone(), result: verdict.clone() }, false).await;
     verdict
+}
+
+/// Refuses a connection before reading its `Hello` (the server is full, say): sends the
+/// refusal a client's handshake reads, and the caller closes the connection.
+pub async fn refuse_before_handshake(chan: &Channel, ours: &Hello, why: Error) -> Result<(), WireError> {
+    chan.send(&ServerHello { hello: ours.clone(), result: Err(why) }, false).await
 }
 
 /// Errors a client should turn into advice when it cannot reach or use a daemon.

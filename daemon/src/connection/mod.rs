@@ -2,8 +2,11 @@
 //! that owns the answer and writes the reply: each arm of the router is one call, and the
 //! decisions are the actors' (the VmManager's for anything that needs every VM). Its session
 //! runs as a future inside the actor's context, so the session ends when the actor stops and
-//! the actor stops when the session ends. Tells its ApiServer when it closes.
+//! the actor stops when the session ends. It holds its [`Seat`] for as long as it runs; a
+//! connection with no request in flight for the idle timeout, or whose seat the owner needs,
+//! says why and closes.
 
+pub mod seats;
 #[cfg(test)]
 mod tests;
 
@@ -11,14 +14,14 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use actix::prelude::*;
-use protocol::channel::{Channel, WireError, server_handshake};
+use protocol::channel::{Channel, WireError, refuse_before_handshake, server_handshake};
 use protocol::daemon::{ChaosAction, Request, Response, VersionInfo};
 use protocol::handshake::{Hello, ServiceKind};
 use protocol::{Error, ErrorKind};
 use slog::{Logger, debug, info, warn};
-use tokio_seqpacket::UnixSeqpacket;
+use tokio_seqpacket::{UCred, UnixSeqpacket};
 
-use crate::api_server::ConnectionClosed;
+use crate::admission;
 use crate::config::Config;
 use crate::image_cache::{InspectImage, ListImages, Prune, PullHandle, StartImport, StartPull};
 use crate::kernels::{ImportKernel, ListKernels};
@@ -28,6 +31,7 @@ use crate::vm::follow::Chunk;
 use crate::vm_manager::{
     CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall,
 };
+use seats::{MAX_CONNECTIONS, Seat};
 
 /// What a connection needs to answer requests.
 #[derive(Clone)]
@@ -37,21 +41,14 @@ pub struct Deps {
 }
 
 pub struct Connection {
-    session: Option<(UnixSeqpacket, Result<(), Error>)>,
+    session: Option<(UnixSeqpacket, UCred, Seat)>,
     deps: Deps,
-    server: Recipient<ConnectionClosed>,
     log: Logger,
 }
 
 impl Connection {
-    pub fn new(
-        sock: UnixSeqpacket,
-        verdict: Result<(), Error>,
-        deps: Deps,
-        server: Recipient<ConnectionClosed>,
-        log: Logger,
-    ) -> Self {
-        Connection { session: Some((sock, verdict)), deps, server, log }
+    pub fn new(sock: UnixSeqpacket, cred: UCred, seat: Seat, deps: Deps, log: Logger) -> Self {
+        Connection { session: Some((sock, cred, seat)), deps, log }
     }
 }
 
@@ -59,46 +56,160 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some((sock, verdict)) = self.session.take() {
-            let session = serve(Channel::new(sock), verdict, self.deps.clone(), self.log.clone());
+        if let Some((sock, cred, seat)) = self.session.take() {
+            let session = serve(Channel::new(sock), cred, seat, self.deps.clone(), self.log.clone());
             ctx.spawn(session.into_actor(self).map(|(), _, ctx| ctx.stop()));
         }
     }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.server.do_send(ConnectionClosed);
-    }
 }
 
-async fn serve(mut chan: Channel, verdict: Result<(), Error>, deps: Deps, log: Logger) {
-    let ours = Hello::new(ServiceKind::Daemon, "bangerd");
-    let version = match server_handshake(&mut chan, &ours, verdict).await {
-        Ok(v) => v,
-        Err(e) => {
+fn hello() -> Hello {
+    Hello::new(ServiceKind::Daemon, "bangerd")
+}
+
+/// The refusal sent at accept, before the handshake (no seat for this client).
+pub async fn refuse(sock: UnixSeqpacket, why: Error) {
+    let chan = Channel::new(sock);
+    // A new socket's send buffer is empty, so this does not wait; the bound is for a
+    // misbehaving kernel, never for the peer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), refuse_before_handshake(&chan, &hello(), why)).await;
+}
+
+/// Why the session stopped waiting for a request.
+enum Next {
+    Request(Result<Option<(Request, bool)>, WireError>),
+    Idle(Duration),
+    Evicted,
+}
+
+async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logger) {
+    // The owner is known without a lookup; anyone else may need NSS (group membership), which
+    // can block, so it runs off the runtime's threads.
+    let verdict = if admission::is_owner(&deps.config, cred.uid()) {
+        Ok(())
+    } else {
+        let config = deps.config.clone();
+        tokio::task::spawn_blocking(move || admission::admit(&config, &cred))
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("the admission check failed: {e}"))))
+    };
+    let ours = hello();
+    let shaken = tokio::select! {
+        shaken = server_handshake(&mut chan, &ours, verdict) => Some(shaken),
+        () = seat.activity.evicted() => None,
+    };
+    let version = match shaken {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
             info!(log, "connection refused"; "reason" => %e.message);
+            return;
+        }
+        None => {
+            info!(log, "closed a connection that had not said hello, to make room for the owner");
+            let _ = tokio::time::timeout(LAST_WORD, refuse_before_handshake(&chan, &ours, evicted())).await;
             return;
         }
     };
     debug!(log, "connected"; "protocol" => version);
+    let idle_timeout = deps.config.connections.idle_timeout;
     loop {
-        let request = match chan.recv::<Request>().await {
-            Ok(Some((request, _))) => request,
-            Ok(None) => return,
-            Err(e) => {
+        seat.activity.idle();
+        let next = tokio::select! {
+            received = chan.recv::<Request>() => Next::Request(received),
+            () = after(idle_timeout) => Next::Idle(idle_timeout.unwrap_or_default()),
+            () = seat.activity.evicted() => Next::Evicted,
+        };
+        let request = match next {
+            Next::Request(Ok(Some((request, _)))) => request,
+            Next::Request(Ok(None)) => return,
+            Next::Request(Err(e)) => {
                 warn!(log, "closing a connection that sent a bad message"; "error" => %e);
                 if let Some(reply) = e.to_reply() {
-                    let _ = chan.send(&Response::Error(reply), false).await;
+                    last_word(&chan, &Response::Error(reply)).await;
                 }
                 return;
             }
+            // Said first, so that a client that sends its next request on this connection
+            // reads why it was closed instead of a bare broken pipe.
+            Next::Idle(after) => {
+                debug!(log, "closing an idle connection"; "idle_s" => after.as_secs());
+                last_word(&chan, &Response::Error(idle(after))).await;
+                return;
+            }
+            Next::Evicted => {
+                info!(log, "closed an idle connection to make room for the owner");
+                last_word(&chan, &Response::Error(evicted())).await;
+                return;
+            }
         };
+        seat.activity.busy();
         // A descriptor only ever accompanies an import; any other is closed here.
         let fd = chan.take_fd();
-        if let Err(e) = route(&chan, request, fd, version, &deps).await {
+        if let Err(e) =
+            route(&Replies { chan: &chan, stall: idle_timeout }, request, fd, version, &deps).await
+        {
             debug!(log, "reply failed"; "error" => %e);
             return;
         }
     }
+}
+
+/// How long the last word before closing may wait for room in the client's socket.
+const LAST_WORD: Duration = Duration::from_secs(1);
+
+/// Sends the error a connection closes with; a client that reads nothing is not waited for.
+async fn last_word(chan: &Channel, reply: &Response) {
+    let _ = tokio::time::timeout(LAST_WORD, chan.send(reply, false)).await;
+}
+
+/// Where replies go. A client that stops reading would leave the daemon's send waiting, its
+/// connection busy (so never idle, never closed) and its seat held for good: a send that cannot
+/// finish within the idle timeout ends the connection.
+struct Replies<'a> {
+    chan: &'a Channel,
+    stall: Option<Duration>,
+}
+
+impl Replies<'_> {
+    async fn send<T: serde::Serialize>(&self, message: &T, more: bool) -> Result<(), WireError> {
+        let Some(stall) = self.stall else { return self.chan.send(message, more).await };
+        tokio::time::timeout(stall, self.chan.send(message, more)).await.unwrap_or_else(|_| {
+            Err(WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", stall.as_secs()),
+            )))
+        })
+    }
+}
+
+/// Resolves after `timeout`, or never.
+async fn after(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn idle(after: Duration) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("bangerd closed this connection after {} s without a request", after.as_secs()),
+    )
+    .with_hint(
+        "connect again (each banger command does); the daemon's owner sets the wait with \
+         `[connections] idle_timeout_secs` in bangerd.toml",
+    )
+}
+
+fn evicted() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!(
+            "bangerd closed this idle connection to make room for its owner (it serves \
+             {MAX_CONNECTIONS} at most)"
+        ),
+    )
+    .with_hint("connect again; close idle clients so the daemon need not close them")
 }
 
 /// What a request is answered with: one response, or a stream of them.
@@ -131,7 +242,7 @@ fn stream<T>(result: Result<T, Error>, as_reply: impl FnOnce(T) -> Reply) -> Rep
 }
 
 async fn route(
-    chan: &Channel,
+    chan: &Replies<'_>,
     request: Request,
     fd: Option<OwnedFd>,
     version: u32,
@@ -256,7 +367,7 @@ async fn chaos(action: ChaosAction, p: &Peers) -> Reply {
 }
 
 /// Streams a pull's or an import's progress, then its result.
-async fn send_pull(chan: &Channel, mut handle: PullHandle) -> Result<(), WireError> {
+async fn send_pull(chan: &Replies<'_>, mut handle: PullHandle) -> Result<(), WireError> {
     while let Some(event) = handle.events.recv().await {
         chan.send(&Response::PullProgress(event), true).await?;
     }
@@ -269,7 +380,10 @@ async fn send_pull(chan: &Channel, mut handle: PullHandle) -> Result<(), WireErr
 }
 
 /// Streams console output, then `Ok` (or the error that cut it short).
-async fn send_log(chan: &Channel, mut chunks: tokio::sync::mpsc::Receiver<Chunk>) -> Result<(), WireError> {
+async fn send_log(
+    chan: &Replies<'_>,
+    mut chunks: tokio::sync::mpsc::Receiver<Chunk>,
+) -> Result<(), WireError> {
     while let Some(chunk) = chunks.recv().await {
         match chunk {
             Ok(bytes) => chan.send(&Response::Log(bytes), true).await?,

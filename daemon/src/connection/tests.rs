@@ -14,7 +14,8 @@ async fn routed(request: Request) -> Response {
     let deps = Deps { config: crate::config::Config::for_tests(dir.path()), peers: Peers::default() };
     let (ours, theirs) = UnixSeqpacket::pair().unwrap();
     let (server, mut client) = (Channel::new(ours), Channel::new(theirs));
-    route(&server, request, None, protocol::handshake::PROTOCOL_MAX, &deps).await.unwrap();
+    let replies = Replies { chan: &server, stall: None };
+    route(&replies, request, None, protocol::handshake::PROTOCOL_MAX, &deps).await.unwrap();
     client.recv::<Response>().await.unwrap().unwrap().0
 }
 
