@@ -205,11 +205,16 @@ async fn a_non_root_daemon_runs_vms_through_the_root_helper() {
     host.create_networked("mine");
     host.ok(&["vm", "start", "mine"]);
     let pid = host.inspect("mine")["pid"].as_u64().unwrap();
-    let vmm = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        vmm.lines().any(|l| l.starts_with("Uid:") && l.contains(&owner.0.to_string())),
-        "the VMM is jailed as the user"
-    );
+    // `vm start` answers once the jailer has forked; its child drops to the user just after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let vmm = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if vmm.lines().any(|l| l.starts_with("Uid:") && l.contains(&owner.0.to_string())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the VMM is jailed as the user: {vmm}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(host.ok(&["vm", "stop", "mine"]).trim(), "mine stopped");
     assert_eq!(host.inspect("mine")["last_exit"], "exit code 0");
 }
