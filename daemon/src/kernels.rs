@@ -61,8 +61,43 @@ impl KernelStore {
     }
 }
 
+/// The KernelStore's own failures, turned into the wire's [`Error`] in one place.
+#[derive(Debug)]
+pub enum KernelError {
+    /// The file is not a kernel banger can boot, and why.
+    NotBootable(String),
+    TooLarge,
+    Exists(String),
+    NotFound(String),
+    /// A file operation failed: what was being done, and the error.
+    Io(String),
+}
+
+impl From<KernelError> for Error {
+    fn from(e: KernelError) -> Error {
+        match e {
+            KernelError::NotBootable(why) => {
+                Error::new(ErrorKind::InvalidInput, format!("not a kernel banger can boot: {why}"))
+                    .with_hint("import an x86-64 vmlinux (ELF) or bzImage")
+            }
+            KernelError::TooLarge => {
+                Error::new(ErrorKind::InvalidInput, "the file is over 512 MiB; that is not a kernel")
+            }
+            KernelError::Exists(name) => {
+                Error::new(ErrorKind::Conflict, format!("a kernel named {name:?} exists"))
+                    .with_hint(format!("remove it first: banger kernel rm {name}"))
+            }
+            KernelError::NotFound(name) => {
+                Error::new(ErrorKind::NotFound, format!("no kernel named {name:?}"))
+                    .with_hint(format!("import one: banger kernel import PATH --name {name}"))
+            }
+            KernelError::Io(what) => Error::internal(what),
+        }
+    }
+}
+
 fn invalid(why: &str) -> Error {
-    Error::new(ErrorKind::InvalidInput, format!("not a kernel banger can boot: {why}"))
+    KernelError::NotBootable(why.to_string()).into()
 }
 
 /// Whether `bytes` is a bzImage (the x86 boot protocol's "HdrS" at 0x202).
@@ -159,23 +194,23 @@ fn import(dir: &Path, name: &str, source: &str, input: std::fs::File) -> Result<
     validate_name(name)?;
     let target = dir.join(name);
     if target.exists() {
-        return Err(Error::new(ErrorKind::Conflict, format!("a kernel named {name:?} exists"))
-            .with_hint(format!("remove it first: banger kernel rm {name}")));
+        return Err(KernelError::Exists(name.into()).into());
     }
     let mut bytes = vec![];
     input
         .take(MAX_KERNEL + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::internal(format!("cannot read the kernel: {e}")))?;
+        .map_err(|e| KernelError::Io(format!("cannot read the kernel: {e}")))?;
     if bytes.len() as u64 > MAX_KERNEL {
-        return Err(Error::new(ErrorKind::InvalidInput, "the file is over 512 MiB; that is not a kernel"));
+        return Err(KernelError::TooLarge.into());
     }
     // A bzImage is unpacked to the ELF vmlinux Firecracker boots.
     let bytes = if is_bzimage(&bytes) { extract_bzimage(&bytes)? } else { bytes };
     check_elf(&bytes)?;
     let staging = dir.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| Error::internal(e.to_string()))?;
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| KernelError::Io(format!("cannot store the kernel: {e}")))?;
     let info =
         KernelInfo { name: name.into(), bytes: bytes.len() as u64, added_at: now(), source: source.into() };
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
@@ -184,7 +219,7 @@ fn import(dir: &Path, name: &str, source: &str, input: std::fs::File) -> Result<
         .and_then(|()| std::fs::rename(&staging, &target));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(Error::internal(format!("cannot store the kernel: {e}")));
+        return Err(KernelError::Io(format!("cannot store the kernel: {e}")).into());
     }
     Ok(info)
 }
@@ -196,7 +231,7 @@ fn list(dir: &Path, recovered: &mut Vec<String>) -> Result<Vec<KernelInfo>, Erro
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::internal(format!("cannot list {}: {e}", dir.display()))),
+        Err(e) => return Err(KernelError::Io(format!("cannot list {}: {e}", dir.display())).into()),
     };
     let mut out = vec![];
     for name in entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)) {
@@ -225,14 +260,14 @@ fn remake(dir: &Path, name: &str, why: String) -> Result<(KernelInfo, String), E
         true => crate::fsutil::move_aside(&meta)
             .map(|aside| format!("kept as {}, ", aside.display()))
             .map_err(|e| {
-                Error::internal(format!(
+                KernelError::Io(format!(
                     "kernel {name}: kernel.json is unreadable ({why}); cannot move it aside: {e}"
                 ))
             })?,
         false => String::new(),
     };
     let vmlinux = std::fs::metadata(dir.join(name).join("vmlinux"))
-        .map_err(|e| Error::internal(format!("kernel {name}: {e}")))?;
+        .map_err(|e| KernelError::Io(format!("kernel {name}: {e}")))?;
     let added_at = vmlinux.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
     let info = KernelInfo {
         name: name.to_string(),
@@ -242,7 +277,7 @@ fn remake(dir: &Path, name: &str, why: String) -> Result<(KernelInfo, String), E
     };
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
     write_atomic(&meta, &json)
-        .map_err(|e| Error::internal(format!("cannot write {}: {e}", meta.display())))?;
+        .map_err(|e| KernelError::Io(format!("cannot write {}: {e}", meta.display())))?;
     Ok((
         info,
         format!("kernel {name}: kernel.json was unreadable ({why}); {kept}made again from its vmlinux"),
@@ -252,12 +287,7 @@ fn remake(dir: &Path, name: &str, why: String) -> Result<(KernelInfo, String), E
 fn path(dir: &Path, name: &str) -> Result<PathBuf, Error> {
     validate_name(name)?;
     let p = dir.join(name).join("vmlinux");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(Error::new(ErrorKind::NotFound, format!("no kernel named {name:?}"))
-            .with_hint(format!("import one: banger kernel import PATH --name {name}")))
-    }
+    if p.is_file() { Ok(p) } else { Err(KernelError::NotFound(name.into()).into()) }
 }
 
 impl Actor for KernelStore {
@@ -309,7 +339,7 @@ impl Handler<RemoveKernel> for KernelStore {
         Box::pin(blocking(move || {
             path(&dir, &name)?;
             std::fs::remove_dir_all(dir.join(&name))
-                .map_err(|e| Error::internal(format!("cannot remove kernel {name}: {e}")))
+                .map_err(|e| KernelError::Io(format!("cannot remove kernel {name}: {e}")).into())
         }))
     }
 }

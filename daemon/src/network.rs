@@ -251,14 +251,35 @@ impl Handler<LeaseIp> for Network {
     }
 }
 
-impl Network {
-    fn lease(&mut self, vm: String) -> Result<Lease, Error> {
-        if self.prefix == 0 {
-            return Err(Error::new(
+/// The Network's own failures, turned into the wire's [`Error`] in one place.
+#[derive(Debug)]
+pub enum NetworkError {
+    /// Every candidate subnet overlaps a host route.
+    NoFreeSubnet,
+    /// Every address of the subnet is leased.
+    Exhausted(String),
+}
+
+impl From<NetworkError> for Error {
+    fn from(e: NetworkError) -> Error {
+        match e {
+            NetworkError::NoFreeSubnet => Error::new(
                 ErrorKind::Conflict,
                 "every subnet banger would pick (172.30/24, 172.31/24, 10.213.0-255/24) overlaps a host route",
             )
-            .with_hint("name a free one: bangerd --subnet 10.77.0.0/24 (or [network] subnet in bangerd.toml)"));
+            .with_hint("name a free one: bangerd --subnet 10.77.0.0/24 (or [network] subnet in bangerd.toml)"),
+            NetworkError::Exhausted(subnet) => {
+                Error::new(ErrorKind::Conflict, format!("no free address left in {subnet}"))
+                    .with_hint("remove VMs you no longer need, or use a larger --subnet")
+            }
+        }
+    }
+}
+
+impl Network {
+    fn lease(&mut self, vm: String) -> Result<Lease, Error> {
+        if self.prefix == 0 {
+            return Err(NetworkError::NoFreeSubnet.into());
         }
         if let Some(ip) = self.leases.leases.get(&vm) {
             return Ok(self.lease_for(&vm, *ip));
@@ -270,13 +291,7 @@ impl Network {
         let free = (2..size - 1)
             .map(|i| Ipv4Addr::from(base + i))
             .find(|ip| !taken.contains(ip))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Conflict,
-                    format!("no free address left in {}/{}", self.net, self.prefix),
-                )
-                .with_hint("remove VMs you no longer need, or use a larger --subnet")
-            })?;
+            .ok_or_else(|| NetworkError::Exhausted(format!("{}/{}", self.net, self.prefix)))?;
         self.leases.leases.insert(vm.clone(), free);
         self.save()?;
         info!(self.log, "leased"; "vm" => &vm, "ip" => %free);
