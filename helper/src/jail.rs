@@ -260,15 +260,14 @@ impl Jails {
         held: &'a mut Option<Vmm>,
         pid: u32,
     ) -> Result<Option<&'a Vmm>, Error> {
-        if held.as_ref().is_some_and(|v| v.exited() || (pid != 0 && v.pid != pid)) {
-            if held.as_ref().is_some_and(|v| !v.exited()) {
-                let running = held.as_ref().map_or(0, |v| v.pid);
-                return Err(refused(
-                    &format!("to kill pid {pid}"),
-                    format!("VM {vm}'s Firecracker is pid {running}"),
-                ));
+        if let Some(v) = held.as_ref() {
+            if v.exited() {
+                v.reap();
+                *held = None;
+            } else if pid != 0 && v.pid != pid {
+                let why = format!("VM {vm}'s Firecracker is pid {}", v.pid);
+                return Err(refused(&format!("to kill pid {pid}"), why));
             }
-            *held = None;
         }
         if held.is_none() {
             let dir = match base {

@@ -33,9 +33,7 @@ impl Vmm {
         let vmm = Vmm::open(pid)?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
-        if vmm.exited() {
-            return Err(NotOurs::Gone);
-        }
+        // One that exited already is still held: its exit is collected at clean-up.
         if ppid != Some(std::process::id()) {
             return Err(NotOurs::Other(format!("pid {pid} is not a process this helper launched")));
         }
