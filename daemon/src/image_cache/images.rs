@@ -38,9 +38,20 @@ pub struct Staging {
     pub path: PathBuf,
 }
 
+impl Staging {
+    /// Removes it now, on this (blocking) thread: a failed pull's staging is gone before the
+    /// client hears of the failure.
+    pub fn remove_now(mut self) {
+        let _ = std::fs::remove_dir_all(std::mem::take(&mut self.path));
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         let path = std::mem::take(&mut self.path);
+        if path.as_os_str().is_empty() {
+            return;
+        }
         let remove = move || {
             let _ = std::fs::remove_dir_all(&path);
         };

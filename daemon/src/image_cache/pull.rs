@@ -17,7 +17,7 @@ use super::cancel::Cancel;
 use super::digest::Digest;
 use super::extract::Limits;
 use super::flatten::{self, Layer};
-use super::images::{self, ImageStore};
+use super::images::{self, ImageStore, Staging};
 use super::locks::KeyLocks;
 use super::registry::{ImageConfig, Manifest, Registry, check_document_size};
 use crate::peers::Peers;
@@ -262,7 +262,7 @@ pub async fn import(
 /// Dropping this future (the client went away) stops it: mkfs is killed, `fill` stops at its
 /// next read, and the staging dir goes once neither uses it.
 async fn build(
-    mut info: ImageInfo,
+    info: ImageInfo,
     fill: impl FnOnce(&Path, &Cancel) -> Result<super::extract::Stats, String> + Send + 'static,
     size: Option<u64>,
     ctx: &PullCtx,
@@ -271,6 +271,24 @@ async fn build(
     let staging = Arc::new(
         ctx.images.staging(&info.name).map_err(|e| fail(format!("cannot create a staging dir: {e}")))?,
     );
+    let built = build_in(&staging, info, fill, size, ctx, events).await;
+    // The blocking work has let go of it by now (it is awaited to the end).
+    if built.is_err()
+        && let Ok(staging) = Arc::try_unwrap(staging)
+    {
+        let _ = tokio::task::spawn_blocking(move || staging.remove_now()).await;
+    }
+    built
+}
+
+async fn build_in(
+    staging: &Arc<Staging>,
+    mut info: ImageInfo,
+    fill: impl FnOnce(&Path, &Cancel) -> Result<super::extract::Stats, String> + Send + 'static,
+    size: Option<u64>,
+    ctx: &PullCtx,
+    events: &mpsc::UnboundedSender<PullEvent>,
+) -> Result<ImageInfo, Error> {
     let (cancel, _cancel_on_drop) = Cancel::new();
     let tree = staging.path.join("tree");
     std::fs::create_dir(&tree).map_err(|e| fail(format!("cannot create {}: {e}", tree.display())))?;
@@ -291,6 +309,7 @@ async fn build(
     info.rootfs_bytes = rootfs_bytes;
     let _held = ctx.locks.lock(format!("image:{}", info.name)).await;
     let (store, i) = (ctx.images.clone(), info.clone());
+    let staging = staging.clone();
     blocking(move || store.install(&staging, &i)).await.map_err(fail)?;
     Ok(info)
 }
