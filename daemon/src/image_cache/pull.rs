@@ -19,7 +19,7 @@ use super::extract::Limits;
 use super::flatten::{self, Layer};
 use super::images::{self, ImageStore, Staging};
 use super::locks::KeyLocks;
-use super::registry::{ImageConfig, Manifest, Registry, check_document_size};
+use super::registry::{Descriptor, ImageConfig, Registry, check_document_size};
 use crate::peers::Peers;
 use crate::vm_manager::MayReplaceImage;
 
@@ -107,30 +107,36 @@ async fn check_replace(name: &str, replace: bool, ctx: &PullCtx) -> Result<(), E
 /// What the manifest declares, checked before the first byte: each blob against
 /// `max_layer_bytes` (the config against the document cap), and what is left to fetch against
 /// the free space of the cache.
-fn check_declared(manifest: &Manifest, ctx: &PullCtx) -> Result<(), Error> {
-    check_document_size(&manifest.config).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+/// Runs on a blocking thread (a stat per blob and a statvfs).
+fn check_declared(
+    config: &Descriptor,
+    layers: &[Descriptor],
+    blobs: &BlobStore,
+    max_layer_bytes: u64,
+) -> Result<(), Error> {
+    check_document_size(config).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
     let mut needed: u64 = 0;
-    for layer in &manifest.layers {
-        if layer.size > ctx.max_layer_bytes {
+    for layer in layers {
+        if layer.size > max_layer_bytes {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
                     "layer {} declares {} bytes, more than the {} allowed (max_layer_bytes)",
-                    layer.digest, layer.size, ctx.max_layer_bytes
+                    layer.digest, layer.size, max_layer_bytes
                 ),
             )
             .with_hint("if the image is genuine, raise max_layer_bytes in [images] of bangerd.toml"));
         }
     }
-    for blob in manifest.layers.iter().chain([&manifest.config]) {
+    for blob in layers.iter().chain([config]) {
         let digest = Digest::parse(&blob.digest).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
-        if ctx.blobs.has(&digest) {
+        if blobs.has(&digest) {
             continue;
         }
-        let partial = std::fs::metadata(ctx.blobs.partial(&digest)).map(|m| m.len()).unwrap_or(0);
+        let partial = std::fs::metadata(blobs.partial(&digest)).map(|m| m.len()).unwrap_or(0);
         needed = needed.saturating_add(blob.size.saturating_sub(partial));
     }
-    let dir = ctx.blobs.dir();
+    let dir = blobs.dir();
     let free = nix::sys::statvfs::statvfs(dir)
         .map(|st| st.blocks_available().saturating_mul(st.fragment_size()))
         .map_err(|e| fail(format!("cannot see the free space of {}: {e}", dir.display())))?;
@@ -168,8 +174,9 @@ pub async fn pull(
         };
         Error::new(ErrorKind::Unavailable, e).with_hint(hint)
     })?;
-    // Blocking, but only a stat per blob and one statvfs.
-    check_declared(&manifest, &ctx)?;
+    let (config, layers, blobs, max) =
+        (manifest.config.clone(), manifest.layers.clone(), ctx.blobs.clone(), ctx.max_layer_bytes);
+    crate::fsutil::blocking(move || check_declared(&config, &layers, &blobs, max)).await?;
     let layers: Vec<LayerProgress> = manifest
         .layers
         .iter()

@@ -1,6 +1,6 @@
 //! Removing: a VM (`vm rm`), every idle VM (`vm prune`), and the checks that need every VM:
-//! an image or kernel in use is kept (`image rm`, `kernel rm`, `--replace` of an image), and the host's network is not
-//! taken down under a VM that may be running (`system uninstall`).
+//! an image or kernel in use is kept (`image rm`, `kernel rm`, an image pull's `--replace`),
+//! and the host's network is not taken down under a VM that may be running (`system uninstall`).
 
 use actix::prelude::*;
 use protocol::Error;
