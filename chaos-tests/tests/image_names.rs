@@ -9,7 +9,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chaos_tests::oci::LayerTar;
+use chaos_tests::hostile_registry::HostileRegistry;
+use chaos_tests::oci::{self, Compression, Format, LayerTar};
 use chaos_tests::vms::VmHost;
 use chaos_tests::{TestDaemon, bin, stderr, stdout, wait_until};
 
@@ -71,6 +72,29 @@ async fn a_second_import_of_a_name_is_refused_while_the_first_stalls() {
     let replaced = d.cli(&["image", "import", file.to_str().unwrap(), "--name", "racy", "--replace"]);
     assert!(replaced.status.success(), "{}", stderr(&replaced));
     assert!(stdout(&d.cli(&["image", "ls"])).contains("second.tar"));
+}
+
+#[tokio::test]
+async fn a_pull_over_an_existing_name_needs_replace() {
+    // The double serves a well-formed image here: no lie needed, and no registry install.
+    let reg = HostileRegistry::start();
+    let image = oci::image(&[rootfs_tar("pulled")], Compression::Gzip, Format::Oci, "amd64", &["/bin/sh"]);
+    reg.image("team/app", "v1", &image.manifest, &image.blobs);
+    let d = TestDaemon::start().await;
+    let file = d.dir.path().join("local.tar");
+    std::fs::write(&file, rootfs_tar("local")).unwrap();
+    assert!(d.cli(&["image", "import", file.to_str().unwrap(), "--name", "app"]).status.success());
+
+    let reference = format!("{}/team/app:v1", reg.addr);
+    let out = d.cli(&["image", "pull", &reference, "--name", "app"]);
+    assert_eq!(out.status.code(), Some(4), "refused as a conflict: {}", stderr(&out));
+    assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    assert_eq!(reg.blob_hits("team/app"), 0, "refused before any download");
+    assert!(stdout(&d.cli(&["image", "ls"])).contains("import of"), "the imported image is kept");
+
+    let out = d.cli(&["image", "pull", &reference, "--name", "app", "--replace"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&d.cli(&["image", "ls"])).contains(&reference));
 }
 
 #[tokio::test]
