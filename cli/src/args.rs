@@ -188,6 +188,9 @@ pub enum ImageCommand {
         /// The root filesystem's size, e.g. 2G (default: the content plus headroom).
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
+        /// Replace an existing image of that name (refused while VMs were made from it).
+        #[arg(long)]
+        replace: bool,
     },
     /// Make an image from a flat root filesystem tar (plain, gzip or zstd); `-` reads stdin.
     Import {
@@ -197,6 +200,9 @@ pub enum ImageCommand {
         /// The root filesystem's size, e.g. 2G (default: the content plus headroom).
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
+        /// Replace an existing image of that name (refused while VMs were made from it).
+        #[arg(long)]
+        replace: bool,
     },
     /// List images.
     #[command(alias = "list")]

@@ -5,6 +5,7 @@ mod args;
 mod auth;
 mod client;
 mod commands;
+mod escape;
 mod output;
 mod progress;
 mod systemd;

@@ -5,6 +5,8 @@ use std::io::IsTerminal;
 
 use serde::Serialize;
 
+use crate::escape::escape;
+
 /// NO_COLOR (https://no-color.org): any non-empty value turns colour off.
 fn colour_allowed() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
@@ -53,7 +55,7 @@ impl Output {
         if self.json {
             self.json(&serde_json::json!({ "removed": name }));
         } else {
-            println!("removed {what}");
+            println!("removed {}", escape(what));
         }
     }
 
@@ -65,9 +67,10 @@ impl Output {
         let colour = colour_allowed() && std::io::stderr().is_terminal();
         let (err, hint) =
             if colour { ("\x1b[31;1merror:\x1b[0m", "\x1b[36mhint:\x1b[0m") } else { ("error:", "hint:") };
-        eprintln!("{err} {}", e.message);
+        // A daemon's message quotes what it was sent and what a registry or layer said.
+        eprintln!("{err} {}", escape(&e.message));
         if let Some(h) = &e.hint {
-            eprintln!("{hint} {h}");
+            eprintln!("{hint} {}", escape(h));
         }
     }
 }

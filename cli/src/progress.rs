@@ -8,6 +8,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::image::PullEvent;
 use serde_json::json;
 
+use crate::escape::escape;
+
 pub enum Progress {
     Json,
     Plain,
@@ -63,17 +65,18 @@ fn plain(event: &PullEvent) {
             let cached = layers.iter().filter(|l| l.cached).count();
             let bytes: u64 = layers.iter().filter(|l| !l.cached).map(|l| l.size).sum();
             eprintln!(
-                "resolved {manifest_digest}: {} layer(s), {cached} cached, {} to fetch",
+                "resolved {}: {} layer(s), {cached} cached, {} to fetch",
+                escape(manifest_digest),
                 layers.len(),
                 human_bytes(bytes)
             );
         }
-        PullEvent::Verified { digest } => eprintln!("fetched {}", short(digest)),
+        PullEvent::Verified { digest } => eprintln!("fetched {}", escape(short(digest))),
         PullEvent::Retrying { digest, attempt, error } => {
-            eprintln!("retrying {} (attempt {attempt}): {error}", short(digest))
+            eprintln!("retrying {} (attempt {attempt}): {}", escape(short(digest)), escape(error))
         }
         PullEvent::WaitingForPrune => eprintln!("waiting for a cache prune to finish"),
-        PullEvent::Stage { name } => eprintln!("{name}"),
+        PullEvent::Stage { name } => eprintln!("{}", escape(name)),
         PullEvent::Progress { .. } => {}
     }
 }
@@ -90,7 +93,7 @@ fn bars(
             for l in ls.iter().filter(|l| !l.cached) {
                 let bar = multi.add(ProgressBar::new(l.size));
                 bar.set_style(style("{prefix} [{bar:30}] {bytes}/{total_bytes}"));
-                bar.set_prefix(short(&l.digest).to_string());
+                bar.set_prefix(escape(short(&l.digest)).into_owned());
                 layers.insert(l.digest.clone(), bar);
             }
             let sum = ls.iter().filter(|l| !l.cached).map(|l| l.size).sum();
@@ -113,13 +116,17 @@ fn bars(
             }
         }
         PullEvent::Retrying { digest, attempt, error } => {
-            let _ = multi.println(format!("retrying {} (attempt {attempt}): {error}", short(digest)));
+            let _ = multi.println(format!(
+                "retrying {} (attempt {attempt}): {}",
+                escape(short(digest)),
+                escape(error)
+            ));
         }
         PullEvent::WaitingForPrune => {
             let _ = multi.println("waiting for a cache prune to finish");
         }
         PullEvent::Stage { name } => {
-            let _ = multi.println(name);
+            let _ = multi.println(escape(name));
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct Config {
     pub helper_socket: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub max_image_bytes: u64,
+    /// Entries (files, directories, links) per image: each costs an inode and mkfs time.
+    pub max_image_entries: u64,
+    /// The size a single layer (or blob) may declare; checked before the first byte.
+    pub max_layer_bytes: u64,
     pub bridge: String,
     /// The subnet asked for (network address, prefix length); `None`: the saved or a free one.
     pub subnet: Option<(std::net::Ipv4Addr, u8)>,
@@ -108,6 +112,8 @@ impl Config {
             helper_socket: None,
             insecure_registries: vec![],
             max_image_bytes: 1 << 30,
+            max_image_entries: 1_000_000,
+            max_layer_bytes: 1 << 30,
             bridge: bridge_for(dir),
             subnet: Some((std::net::Ipv4Addr::new(10, 250, 250, 0), 24)),
             vm_defaults: VmDefaults::default(),
@@ -180,6 +186,8 @@ pub struct ImagesFile {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     pub max_image_bytes: Option<u64>,
+    pub max_image_entries: Option<u64>,
+    pub max_layer_bytes: Option<u64>,
 }
 
 impl File {
@@ -229,6 +237,8 @@ impl Config {
             helper_socket,
             insecure_registries: [args.insecure_registries.clone(), file.images.insecure_registries].concat(),
             max_image_bytes: args.max_image_bytes.or(file.images.max_image_bytes).unwrap_or(64 << 30),
+            max_image_entries: file.images.max_image_entries.unwrap_or(DEFAULT_MAX_IMAGE_ENTRIES),
+            max_layer_bytes: file.images.max_layer_bytes.unwrap_or(DEFAULT_MAX_LAYER_BYTES),
             bridge,
             subnet: match args.subnet.as_ref().or(file.network.subnet.as_ref()) {
                 Some(s) => Some(parse_subnet(s)?),
@@ -239,6 +249,12 @@ impl Config {
         })
     }
 }
+
+/// Big distribution images hold tens of thousands of entries; a million is far past any of
+/// them and still builds in minutes.
+const DEFAULT_MAX_IMAGE_ENTRIES: u64 = 1_000_000;
+/// Larger than any real layer; a manifest declaring more is refused before a byte is fetched.
+const DEFAULT_MAX_LAYER_BYTES: u64 = 16 << 30;
 
 /// The bridge of a state dir: `banger` and 8 hex digits of its path's hash, so two daemons on
 /// one host never share a bridge, a NAT table (named the same) or a tap.
@@ -282,6 +298,9 @@ mod tests {
         assert_eq!((c.idle_timeout, c.max_per_uid), (None, 3), "0 s: idle connections stay");
         std::fs::write(&path, "[connections]\nmax_per_uid = 0\n").unwrap();
         assert!(File::load(&path, true).unwrap().connections.resolve().is_err());
+        std::fs::write(&path, "[images]\nmax_image_entries = 10\nmax_layer_bytes = 99\n").unwrap();
+        let f = File::load(&path, true).unwrap();
+        assert_eq!((f.images.max_image_entries, f.images.max_layer_bytes), (Some(10), Some(99)));
         std::fs::write(&path, "[vm]\ncpu = 1\n").unwrap();
         assert!(File::load(&path, true).unwrap_err().contains("unknown field"), "typos are errors");
     }

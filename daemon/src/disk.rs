@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::Command;
 
 /// Clones `src` to a new file `dst`, synced.
 pub fn clone_file(src: &File, dst: &Path) -> Result<(), String> {
@@ -31,7 +30,7 @@ pub fn grow(path: &Path, size: u64) -> Result<(), String> {
     let resize2fs = crate::image_cache::flatten::find_program("resize2fs")
         .ok_or("resize2fs is not installed (e2fsprogs)")?;
     // resize2fs syncs what it wrote before it exits.
-    let out = Command::new(resize2fs)
+    let out = crate::subprocess::dies_with_daemon(resize2fs)
         .arg("-f")
         .arg(path)
         .output()

@@ -21,6 +21,7 @@ mod notify;
 mod peers;
 mod persist;
 mod store;
+mod subprocess;
 mod supervisor;
 mod vm;
 mod vm_manager;

@@ -163,6 +163,18 @@ impl Channel {
         }
     }
 
+    /// Resolves once the peer has hung up. For a server streaming a long reply to a client that
+    /// sends nothing meanwhile (one request at a time): it lets the server stop work nobody
+    /// waits for. A peer that sends something instead is not gone, and this never resolves.
+    pub async fn closed(&self) {
+        let mut byte = [0u8; 1];
+        match self.sock.peek(&mut byte).await {
+            Ok(info) if info.bytes_read() > 0 => std::future::pending().await,
+            // End-of-stream, or a reset: either way nobody reads our replies any more.
+            Ok(_) | Err(_) => {}
+        }
+    }
+
     /// Sends raw bytes as one datagram, bypassing framing. For hostile-client tests only.
     pub async fn send_raw(&self, datagram: &[u8]) -> std::io::Result<usize> {
         self.sock.send(datagram).await

@@ -72,6 +72,13 @@ pub enum Request {
     /// Remove what banger set up on the host: the bridge and its NAT table. Refused while a
     /// VM runs. Answered with [`Response::Removed`] (what went). Since protocol 2.
     SystemUninstall,
+    /// `ImagePull` that says whether an existing image of that name may be replaced: without
+    /// `replace` the pull is refused when the name is taken; with it, still refused while a VM
+    /// was made from the image. Answered like `ImagePull`. Since protocol 4.
+    ImagePullReplacing { pull: PullRequest, replace: bool },
+    /// `ImageImport` with the same `replace` rule as `ImagePullReplacing`; the tar comes as a
+    /// descriptor. Answered like `ImagePull`. Since protocol 4.
+    ImageImportReplacing { name: String, size: Option<u64>, file: String, replace: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

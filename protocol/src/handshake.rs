@@ -14,7 +14,7 @@ pub const MAGIC: [u8; 8] = *b"BANGER\x00\x01";
 
 /// The protocol versions this build speaks, oldest first.
 pub const PROTOCOL_MIN: u32 = 1;
-pub const PROTOCOL_MAX: u32 = 3;
+pub const PROTOCOL_MAX: u32 = 4;
 
 /// Which server a socket belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

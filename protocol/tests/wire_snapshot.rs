@@ -183,6 +183,16 @@ fn encoded_samples_match_snapshot() {
         Request::KernelList,
         Request::KernelRemove { name: "default".into() },
         Request::SystemUninstall,
+        Request::ImagePullReplacing {
+            pull: PullRequest { reference: "alpine".into(), name: None, size: None, auth: None },
+            replace: true,
+        },
+        Request::ImageImportReplacing {
+            name: "base".into(),
+            size: Some(1 << 30),
+            file: "-".into(),
+            replace: false,
+        },
     ] {
         out += &line(&r);
     }

@@ -9,26 +9,35 @@ use serde_json::json;
 
 use crate::args::{Global, ImageCommand};
 use crate::client;
+use crate::escape::escape;
 use crate::output::Output;
 use crate::progress::{Progress, human_bytes};
 
 /// The protocol version that brought image requests.
 const IMAGES_SINCE: u32 = 2;
+/// The protocol version that made replacing an image something to ask for (`--replace`).
+const REPLACE_SINCE: u32 = 4;
 
 pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(), Error> {
     let socket = global.socket();
     let mut c = client::connect(&socket).await?;
     client::require(&c, IMAGES_SINCE, "images")?;
     match cmd {
-        ImageCommand::Pull { reference, name, size } => {
+        ImageCommand::Pull { reference, name, size, replace } => {
             let registry = crate::auth::registry_of(&reference);
             let auth = crate::auth::credentials_for(&registry)?;
-            let request = Request::ImagePull(PullRequest { reference, name, size, auth });
+            let pull = PullRequest { reference, name, size, auth };
+            // An older daemon replaces without asking; it is told only what it understands.
+            let request = if c.version >= REPLACE_SINCE {
+                Request::ImagePullReplacing { pull, replace }
+            } else {
+                Request::ImagePull(pull)
+            };
             c.send(&request).await.map_err(|e| client::advise(&socket, e))?;
             let info = follow(&mut c, &socket, out).await?;
             report(&info, "pulled", out);
         }
-        ImageCommand::Import { file, name, size } => {
+        ImageCommand::Import { file, name, size, replace } => {
             let (input, shown): (OwnedFd, String) = if file.as_os_str() == "-" {
                 let stdin = std::io::stdin()
                     .as_fd()
@@ -41,7 +50,11 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
                 })?;
                 (f.into(), file.display().to_string())
             };
-            let request = Request::ImageImport { name, size, file: shown };
+            let request = if c.version >= REPLACE_SINCE {
+                Request::ImageImportReplacing { name, size, file: shown, replace }
+            } else {
+                Request::ImageImport { name, size, file: shown }
+            };
             c.send_with_fd(&request, input.as_fd()).await.map_err(|e| client::advise(&socket, e))?;
             let info = follow(&mut c, &socket, out).await?;
             report(&info, "imported", out);
@@ -66,7 +79,8 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
                 Response::Pruned(r) if out.json => out.json(&r),
                 Response::Pruned(r) => {
                     let verb = if r.dry_run { "would free" } else { "freed" };
-                    println!("{verb} {} across {} blob(s) in {}", human_bytes(r.freed_bytes), r.blobs, r.dir);
+                    let (freed, dir) = (human_bytes(r.freed_bytes), escape(&r.dir));
+                    println!("{verb} {freed} across {} blob(s) in {dir}", r.blobs);
                 }
                 other => return Err(client::unexpected(&other)),
             }
@@ -102,21 +116,26 @@ fn report(info: &ImageInfo, verb: &str, out: &Output) {
         println!("{}", json!({ "image": info }));
     } else {
         let (rootfs, files) = (human_bytes(info.rootfs_bytes), human_bytes(info.content_bytes));
-        println!("{verb} {} ({rootfs} rootfs, {files} of files) from {}", info.name, origin(info));
+        let (name, origin) = (escape(&info.name), origin(info));
+        println!("{verb} {name} ({rootfs} rootfs, {files} of files) from {origin}");
     }
 }
 
+/// Where an image came from, escaped: a reference or a file name from outside.
 fn origin(info: &ImageInfo) -> String {
     match &info.source {
-        ImageSource::Pulled { reference, .. } => reference.clone(),
-        ImageSource::Imported { file } => format!("import of {file}"),
+        ImageSource::Pulled { reference, .. } => escape(reference).into_owned(),
+        ImageSource::Imported { file } => format!("import of {}", escape(file)),
     }
 }
 
 fn table(images: &[ImageInfo]) -> String {
     let rows: Vec<[String; 4]> = images
         .iter()
-        .map(|i| [i.name.clone(), human_bytes(i.rootfs_bytes), human_bytes(i.content_bytes), origin(i)])
+        .map(|i| {
+            let name = escape(&i.name).into_owned();
+            [name, human_bytes(i.rootfs_bytes), human_bytes(i.content_bytes), origin(i)]
+        })
         .collect();
     let header = ["NAME".to_string(), "ROOTFS".into(), "CONTENT".into(), "SOURCE".into()];
     let widths: Vec<usize> =

@@ -7,6 +7,7 @@ use protocol::{Error, ErrorKind};
 
 use crate::args::{Global, KernelCommand};
 use crate::client;
+use crate::escape::escape;
 use crate::output::Output;
 use crate::progress::human_bytes;
 
@@ -24,7 +25,7 @@ pub async fn run(global: &Global, cmd: KernelCommand, out: &Output) -> Result<()
             match c.next().await.map_err(|e| client::advise(&socket, e))? {
                 Some((Response::Kernel(k), _)) if out.json => out.json(&k),
                 Some((Response::Kernel(k), _)) => {
-                    println!("imported kernel {} ({})", k.name, human_bytes(k.bytes))
+                    println!("imported kernel {} ({})", escape(&k.name), human_bytes(k.bytes))
                 }
                 Some((Response::Error(e), _)) => return Err(e),
                 Some((other, _)) => return Err(client::unexpected(&other)),
@@ -36,7 +37,7 @@ pub async fn run(global: &Global, cmd: KernelCommand, out: &Output) -> Result<()
             Response::Kernels(list) => {
                 println!("{:<24} {:>10}  SOURCE", "NAME", "SIZE");
                 for k in list {
-                    println!("{:<24} {:>10}  {}", k.name, human_bytes(k.bytes), k.source);
+                    println!("{:<24} {:>10}  {}", escape(&k.name), human_bytes(k.bytes), escape(&k.source));
                 }
             }
             other => return Err(client::unexpected(&other)),

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::args::{Global, VmCommand};
 use crate::client::{self, DaemonClient};
+use crate::escape::escape;
 use crate::output::{Output, Tone};
 use crate::progress::human_bytes;
 
@@ -17,13 +18,13 @@ pub fn spec_line(v: &VmInfo) -> String {
     let s = &v.spec;
     format!(
         "vm {}: {} vCPU, {} MiB, {} disk, image {}, kernel {}, {}",
-        v.name,
+        escape(&v.name),
         s.cpus,
         s.memory_mib,
         human_bytes(s.disk_bytes),
-        s.image,
-        s.kernel,
-        s.ip.as_deref().unwrap_or("no network")
+        escape(&s.image),
+        escape(&s.kernel),
+        escape(s.ip.as_deref().unwrap_or("no network"))
     )
 }
 
@@ -64,19 +65,19 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
         }
         VmCommand::Start { name } => {
             let v = vm(&mut c, &socket, Request::VmStart { name }).await?;
-            show(out, &v, format!("{} running (pid {})", v.name, v.pid.unwrap_or(0)));
+            show(out, &v, format!("{} running (pid {})", escape(&v.name), v.pid.unwrap_or(0)));
         }
         VmCommand::Stop { name, timeout } => {
             let v = vm(&mut c, &socket, Request::VmStop { name, timeout_ms: ms(timeout) }).await?;
-            show(out, &v, format!("{} {}", v.name, v.state));
+            show(out, &v, format!("{} {}", escape(&v.name), escape(&v.state.to_string())));
         }
         VmCommand::Kill { name } => {
             let v = vm(&mut c, &socket, Request::VmKill { name }).await?;
-            show(out, &v, format!("{} {}", v.name, v.state));
+            show(out, &v, format!("{} {}", escape(&v.name), escape(&v.state.to_string())));
         }
         VmCommand::Restart { name, timeout } => {
             let v = vm(&mut c, &socket, Request::VmRestart { name, timeout_ms: ms(timeout) }).await?;
-            show(out, &v, format!("{} running (pid {})", v.name, v.pid.unwrap_or(0)));
+            show(out, &v, format!("{} running (pid {})", escape(&v.name), v.pid.unwrap_or(0)));
         }
         VmCommand::Rm { name, force } => {
             client::call(&mut c, &socket, &Request::VmRemove { name: name.clone(), force }).await?;
@@ -129,11 +130,11 @@ fn table(list: &[VmInfo], out: &Output) -> String {
         let pid = v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         text.push_str(&format!(
             "{:<20} {} {:>4} {:>5} MiB {:<16} {:>8}\n",
-            v.name,
+            escape(&v.name),
             out.paint(tone, &format!("{state:<10}")),
             v.spec.cpus,
             v.spec.memory_mib,
-            v.spec.image,
+            escape(&v.spec.image),
             pid
         ));
     }
@@ -166,7 +167,7 @@ pub async fn prune(global: &Global, force: bool, out: &Output) -> Result<(), Err
             "removed {} VM(s){}{}",
             names.len(),
             if names.is_empty() { "" } else { ": " },
-            names.join(", ")
+            escape(&names.join(", "))
         ),
         other => return Err(client::unexpected(&other)),
     }
@@ -180,7 +181,7 @@ pub async fn system_uninstall(global: &Global, out: &Output) -> Result<(), Error
     client::require(&c, 2, "system uninstall")?;
     match client::call(&mut c, &socket, &Request::SystemUninstall).await? {
         Response::Removed(what) if out.json => out.json(&json!({ "removed": what })),
-        Response::Removed(what) => println!("removed {}", what.join(" and ")),
+        Response::Removed(what) => println!("removed {}", escape(&what.join(" and "))),
         other => return Err(client::unexpected(&other)),
     }
     Ok(())

@@ -259,14 +259,12 @@ async fn route(
         }),
         Request::Shutdown => Reply::Shutdown,
         Request::Chaos(action) => chaos(action, p).await,
-        Request::ImagePull(pull) => stream(p.images().send(StartPull(pull)).await, Reply::Pull),
-        Request::ImageImport { name, size, file } => stream(
-            async {
-                p.images().send(StartImport { name, size, file, input: passed(fd, "image import")? }).await
-            }
-            .await,
-            Reply::Pull,
-        ),
+        Request::ImagePull(pull) => image_pull(p, pull, false).await,
+        Request::ImagePullReplacing { pull, replace } => image_pull(p, pull, replace).await,
+        Request::ImageImport { name, size, file } => image_import(p, name, size, file, false, fd).await,
+        Request::ImageImportReplacing { name, size, file, replace } => {
+            image_import(p, name, size, file, replace, fd).await
+        }
         Request::ImageList => one(p.images().ask(ListImages).await, Response::Images),
         Request::ImageInspect { name } => one(p.images().ask(InspectImage(name)).await, Response::Image),
         Request::ImageRemove { name, force } => {
@@ -322,6 +320,25 @@ async fn route(
     }
 }
 
+async fn image_pull(p: &Peers, request: protocol::image::PullRequest, replace: bool) -> Reply {
+    stream(p.images().send(StartPull { request, replace }).await, Reply::Pull)
+}
+
+async fn image_import(
+    p: &Peers,
+    name: String,
+    size: Option<u64>,
+    file: String,
+    replace: bool,
+    fd: Option<OwnedFd>,
+) -> Reply {
+    let input = match passed(fd, "image import") {
+        Ok(input) => input,
+        Err(e) => return reply(Response::Error(e)),
+    };
+    stream(p.images().send(StartImport { name, size, file, replace, input }).await, Reply::Pull)
+}
+
 /// The file a request came with (SCM_RIGHTS), as imports need.
 fn passed(fd: Option<OwnedFd>, what: &str) -> Result<std::fs::File, Error> {
     fd.map(std::fs::File::from).ok_or_else(|| {
@@ -366,9 +383,15 @@ async fn chaos(action: ChaosAction, p: &Peers) -> Reply {
     }
 }
 
-/// Streams a pull's or an import's progress, then its result.
+/// Streams a pull's or an import's progress, then its result. A client that hangs up ends
+/// this, and dropping the handle cancels the work (mkfs can run for minutes without an event).
 async fn send_pull(chan: &Replies<'_>, mut handle: PullHandle) -> Result<(), WireError> {
-    while let Some(event) = handle.events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = handle.events.recv() => event,
+            () = chan.chan.closed() => return Err(WireError::ClosedMidMessage),
+        };
+        let Some(event) = event else { break };
         chan.send(&Response::PullProgress(event), true).await?;
     }
     let reply = match handle.result.await {

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::digest::Digest;
+use super::registry::FetchError;
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -47,16 +48,23 @@ impl BlobStore {
 
     /// Hashes the partial file whole; renames it into place when it matches, deletes it when
     /// it does not.
-    pub fn commit(&self, digest: &Digest) -> Result<(), String> {
+    /// A mismatch is an integrity error (the registry sent other content than the manifest
+    /// names), never worth a retry.
+    pub fn commit(&self, digest: &Digest) -> Result<(), FetchError> {
         let partial = self.partial(digest);
-        let file = File::open(&partial).map_err(|e| format!("cannot read {}: {e}", partial.display()))?;
+        let file = File::open(&partial)
+            .map_err(|e| FetchError::Transient(format!("cannot read {}: {e}", partial.display())))?;
         let actual = Digest::of_reader(std::io::BufReader::new(file))
-            .map_err(|e| format!("cannot hash {}: {e}", partial.display()))?;
+            .map_err(|e| FetchError::Transient(format!("cannot hash {}: {e}", partial.display())))?;
         if &actual != digest {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!("blob {digest} failed verification: its content hashes to {actual}"));
+            return Err(FetchError::Integrity(format!(
+                "blob {digest} failed verification: the manifest expects {digest}, but the content \
+                 the registry sent hashes to {actual}"
+            )));
         }
-        std::fs::rename(&partial, self.path(digest)).map_err(|e| format!("cannot store blob {digest}: {e}"))
+        std::fs::rename(&partial, self.path(digest))
+            .map_err(|e| FetchError::Fatal(format!("cannot store blob {digest}: {e}")))
     }
 
     /// Deletes every blob and partial download (or only counts them). A missing dir is empty.
@@ -104,8 +112,9 @@ mod tests {
 
         let bad = Digest::of(b"expected");
         std::fs::write(store.partial(&bad), b"tampered").unwrap();
-        let err = store.commit(&bad).unwrap_err();
-        assert!(err.contains("failed verification"), "{err}");
+        let err = store.commit(&bad).unwrap_err().message();
+        assert!(err.contains(&format!("expects {bad}")), "{err}");
+        assert!(err.contains(&format!("hashes to {}", Digest::of(b"tampered"))), "{err}");
         assert!(!store.has(&bad) && !store.partial(&bad).exists());
     }
 

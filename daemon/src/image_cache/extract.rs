@@ -36,7 +36,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 64 << 30, max_entries: 10_000_000 }
+        Limits { max_bytes: 64 << 30, max_entries: 1_000_000 }
     }
 }
 
@@ -44,9 +44,15 @@ impl Default for Limits {
 pub enum ExtractError {
     #[error("layer {layer}: entry {path:?} {why}")]
     Refused { layer: usize, path: String, why: String },
-    #[error("layer {layer}: the uncompressed content exceeds the {limit}-byte limit")]
+    #[error(
+        "layer {layer}: the uncompressed content exceeds the {limit}-byte limit set by \
+         max_image_bytes in bangerd.toml's [images] (or --max-image-bytes)"
+    )]
     TooLarge { layer: usize, limit: u64 },
-    #[error("layer {layer}: more than {limit} entries")]
+    #[error(
+        "layer {layer}: more than {limit} entries (files, directories, links), the limit set by \
+         max_image_entries in bangerd.toml's [images]; each one costs an inode and mkfs time"
+    )]
     TooManyEntries { layer: usize, limit: u64 },
     #[error("layer {layer}: cannot read the archive: {source}")]
     Archive { layer: usize, source: std::io::Error },

@@ -6,9 +6,10 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use super::cancel::{Cancel, CancellableRead};
 use super::extract::{Extractor, Limits, Stats};
+use crate::subprocess::dies_with_daemon;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -47,8 +48,9 @@ pub fn compression(media_type: &str, head: &[u8]) -> Result<Compression, String>
 }
 
 /// Opens a layer blob as an uncompressed tar stream.
-pub fn open_layer(path: &Path, media_type: &str) -> Result<Box<dyn Read>, String> {
+pub fn open_layer(path: &Path, media_type: &str, cancel: &Cancel) -> Result<Box<dyn Read>, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file = CancellableRead::new(file, cancel.clone());
     decompressed(BufReader::with_capacity(1 << 17, file), Some(media_type))
 }
 
@@ -77,21 +79,27 @@ pub struct Layer {
 }
 
 /// Applies `layers` in order to the empty directory `staging`.
-pub fn apply_layers(staging: &Path, layers: &[Layer], limits: Limits) -> Result<Stats, String> {
+pub fn apply_layers(
+    staging: &Path,
+    layers: &[Layer],
+    limits: Limits,
+    cancel: &Cancel,
+) -> Result<Stats, String> {
     let mut extractor =
         Extractor::new(staging, limits).map_err(|e| format!("cannot open {}: {e}", staging.display()))?;
     for (i, layer) in layers.iter().enumerate() {
-        let reader =
-            open_layer(&layer.path, &layer.media_type).map_err(|e| format!("layer {}: {e}", i + 1))?;
+        let reader = open_layer(&layer.path, &layer.media_type, cancel)
+            .map_err(|e| format!("layer {}: {e}", i + 1))?;
         extractor.apply_layer(reader, i + 1).map_err(|e| e.to_string())?;
     }
     extractor.finish().map_err(|e| e.to_string())
 }
 
 /// Applies one tar stream (gzip, zstd or plain, told apart by magic) to `staging`.
-pub fn apply_stream(staging: &Path, input: impl Read + 'static, limits: Limits) -> Result<Stats, String> {
+pub fn apply_stream(staging: &Path, input: File, limits: Limits, cancel: &Cancel) -> Result<Stats, String> {
     let mut extractor =
         Extractor::new(staging, limits).map_err(|e| format!("cannot open {}: {e}", staging.display()))?;
+    let input = CancellableRead::new(input, cancel.clone());
     let reader = decompressed(BufReader::with_capacity(1 << 17, input), None)?;
     extractor.apply_layer(reader, 1).map_err(|e| e.to_string())?;
     extractor.finish().map_err(|e| e.to_string())
@@ -114,20 +122,25 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Builds `out` (created, sparse) as an ext4 filesystem holding `staging`.
-pub fn build_ext4(staging: &Path, stats: &Stats, size: Option<u64>, out: &Path) -> Result<u64, String> {
+/// Builds `out` (created, sparse) as an ext4 filesystem holding `staging`. mkfs.ext4 is killed
+/// when this future is dropped (the client went away) and when the daemon dies.
+pub async fn build_ext4(staging: &Path, stats: &Stats, size: Option<u64>, out: &Path) -> Result<u64, String> {
     let mkfs = find_program("mkfs.ext4")
         .ok_or("mkfs.ext4 is not installed: install e2fsprogs (`apt-get install e2fsprogs`)")?;
     let size = size.unwrap_or_else(|| default_size(stats));
-    let file = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    file.set_len(size).map_err(|e| format!("cannot size {}: {e}", out.display()))?;
+    let file =
+        tokio::fs::File::create(out).await.map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    file.set_len(size).await.map_err(|e| format!("cannot size {}: {e}", out.display()))?;
     drop(file);
     let inodes = stats.entries + stats.entries / 5 + 4096;
-    let output = Command::new(mkfs)
-        .args(["-q", "-F", "-t", "ext4", "-L", "rootfs", "-m", "0", "-N", &inodes.to_string(), "-d"])
+    let mut cmd = dies_with_daemon(mkfs);
+    cmd.args(["-q", "-F", "-t", "ext4", "-L", "rootfs", "-m", "0", "-N", &inodes.to_string(), "-d"])
         .arg(staging)
-        .arg(out)
+        .arg(out);
+    let output = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
         .output()
+        .await
         .map_err(|e| format!("cannot run mkfs.ext4: {e}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);

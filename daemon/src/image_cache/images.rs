@@ -32,14 +32,33 @@ pub struct ImageStore {
     log: Logger,
 }
 
-/// A temp dir in the store, removed on drop unless installed.
+/// A temp dir in the store, removed on drop unless installed. The removal runs on a blocking
+/// thread when dropped inside the runtime (a cancelled pull drops it in the actor's context).
 pub struct Staging {
     pub path: PathBuf,
 }
 
+impl Staging {
+    /// Removes it now, on this (blocking) thread: a failed pull's staging is gone before the
+    /// client hears of the failure.
+    pub fn remove_now(mut self) {
+        let _ = std::fs::remove_dir_all(std::mem::take(&mut self.path));
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let path = std::mem::take(&mut self.path);
+        if path.as_os_str().is_empty() {
+            return;
+        }
+        let remove = move || {
+            let _ = std::fs::remove_dir_all(&path);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
     }
 }
 
@@ -142,7 +161,7 @@ impl ImageStore {
 
     /// Writes `info` beside the rootfs in `staging`, then makes it the image `info.name`,
     /// replacing an older one atomically. The caller holds the name's lock.
-    pub fn install(&self, staging: Staging, info: &ImageInfo) -> Result<(), String> {
+    pub fn install(&self, staging: &Staging, info: &ImageInfo) -> Result<(), String> {
         let json = serde_json::to_vec_pretty(info).map_err(|e| e.to_string())?;
         std::fs::write(staging.path.join(META), json)
             .map_err(|e| format!("cannot write image metadata: {e}"))?;

@@ -2,11 +2,15 @@
 //! `InspectImage`, `RemoveImage`, `Prune`, `BaseDisk` (for a VM's disk), and
 //! `Describe`/`Control` from the supervisor.
 //!
+//! One pull or import per image name at a time; a second is refused while the first runs. A
+//! pull or import whose client goes away (its handle dropped) is stopped.
+//!
 //! Pulls run as futures in this actor's context. A prune is serialised against them here, with
 //! no locks and no blocked mailbox: it waits until the pulls in flight finish, pulls that arrive
 //! meanwhile are held in a queue until it is done, and prunes that arrive together share a run.
 
 pub mod blobs;
+pub mod cancel;
 pub mod digest;
 pub mod extract;
 pub mod flatten;
@@ -15,12 +19,12 @@ pub mod locks;
 pub mod pull;
 pub mod registry;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use protocol::Error;
 use protocol::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
+use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,17 +41,24 @@ pub struct PullHandle {
     pub result: oneshot::Receiver<Result<ImageInfo, Error>>,
 }
 
+/// Pull an image; an existing one of the same name is replaced only with `replace`. Dropping
+/// the [`PullHandle`] cancels the pull.
 #[derive(Message)]
 #[rtype(result = "PullHandle")]
-pub struct StartPull(pub PullRequest);
+pub struct StartPull {
+    pub request: PullRequest,
+    pub replace: bool,
+}
 
 /// Make an image from a flat rootfs tar read from `input` (a file or pipe the client passed).
+/// Replacing and cancelling as for [`StartPull`].
 #[derive(Message)]
 #[rtype(result = "PullHandle")]
 pub struct StartImport {
     pub name: String,
     pub file: String,
     pub size: Option<u64>,
+    pub replace: bool,
     pub input: std::fs::File,
 }
 
@@ -85,6 +96,8 @@ pub struct Prune {
 
 struct HeldPull {
     request: PullRequest,
+    replace: bool,
+    name: String,
     events: mpsc::UnboundedSender<PullEvent>,
     result: oneshot::Sender<Result<ImageInfo, Error>>,
 }
@@ -103,6 +116,9 @@ pub struct ImageCache {
     /// Prunes in arrival order; the front one runs once no pull is in flight.
     prunes: VecDeque<PruneBatch>,
     pruning: bool,
+    /// Image names a pull or an import is making, and which: one operation per name, so two
+    /// cannot race to install it (the later one would silently win).
+    busy: HashMap<String, &'static str>,
 }
 
 impl ImageCache {
@@ -113,7 +129,9 @@ impl ImageCache {
             images: Arc::new(ImageStore::new(&config.layout.state_dir, cx.log.clone())),
             locks: KeyLocks::default(),
             insecure: Arc::new(config.insecure_registries.clone()),
-            limits: Limits { max_bytes: config.max_image_bytes, ..Limits::default() },
+            limits: Limits { max_bytes: config.max_image_bytes, max_entries: config.max_image_entries },
+            max_layer_bytes: config.max_layer_bytes,
+            peers: cx.peers.clone(),
         };
         ImageCache {
             pulls,
@@ -123,22 +141,45 @@ impl ImageCache {
             held: VecDeque::new(),
             prunes: VecDeque::new(),
             pruning: false,
+            busy: HashMap::new(),
         }
+    }
+
+    /// Takes `name` for a pull or an import (`what`), or says which operation has it.
+    fn reserve(&mut self, name: &str, what: &'static str) -> Result<(), Error> {
+        if let Some(other) = self.busy.get(name) {
+            let article = if other.starts_with('i') { "an" } else { "a" };
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{article} {other} of {name} is in progress"),
+            )
+            .with_hint(format!(
+                "wait for it to finish (or stop it), then {what} again; or choose another --name"
+            )));
+        }
+        self.busy.insert(name.to_string(), what);
+        Ok(())
     }
 
     fn start_pull(&mut self, held: HeldPull, ctx: &mut Context<Self>) {
         self.in_flight += 1;
-        let HeldPull { request, events, result } = held;
-        info!(self.log, "pull started"; "reference" => &request.reference);
-        let work = pull::pull(request, self.pulls.clone(), events);
-        ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
+        let HeldPull { request, replace, name, events, result } = held;
+        info!(self.log, "pull started"; "reference" => &request.reference, "name" => &name);
+        let work = pull::pull(request, replace, self.pulls.clone(), events);
+        ctx.spawn(unless_abandoned(work, result).into_actor(self).map(move |outcome, act, ctx| {
             act.in_flight -= 1;
-            if let Err(e) = &outcome {
-                warn!(act.log, "pull failed"; "error" => &e.message);
-            }
-            let _ = result.send(outcome);
+            act.busy.remove(&name);
+            act.report("pull", &name, outcome);
             act.next_prune(ctx);
         }));
+    }
+
+    fn report(&self, what: &str, name: &str, outcome: Option<Result<(), String>>) {
+        match outcome {
+            None => info!(self.log, "{what} cancelled: the client went away"; "name" => name),
+            Some(Err(e)) => warn!(self.log, "{what} failed"; "name" => name, "error" => e),
+            Some(Ok(())) => info!(self.log, "{what} done"; "name" => name),
+        }
     }
 
     /// Starts the front prune when nothing is pulling; when no prune is left, releases the
@@ -203,13 +244,42 @@ impl Actor for ImageCache {
     }
 }
 
+/// Runs `work` and sends its outcome, unless whoever waits for it goes away first: then the
+/// work is dropped, which stops it (see `pull::build`). Says how it ended, for the log.
+async fn unless_abandoned(
+    work: impl std::future::Future<Output = Result<ImageInfo, Error>>,
+    mut result: oneshot::Sender<Result<ImageInfo, Error>>,
+) -> Option<Result<(), String>> {
+    tokio::select! {
+        outcome = work => {
+            let summary = outcome.as_ref().map(|_| ()).map_err(|e| e.message.clone());
+            let _ = result.send(outcome);
+            Some(summary)
+        }
+        () = result.closed() => None,
+    }
+}
+
+/// A handle that answers `error` at once.
+fn refused(error: Error) -> PullHandle {
+    let (_, events) = mpsc::unbounded_channel();
+    let (result, result_rx) = oneshot::channel();
+    let _ = result.send(Err(error));
+    PullHandle { events, result: result_rx }
+}
+
 impl Handler<StartPull> for ImageCache {
     type Result = MessageResult<StartPull>;
 
-    fn handle(&mut self, StartPull(request): StartPull, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartPull, ctx: &mut Context<Self>) -> Self::Result {
+        let StartPull { request, replace } = msg;
+        let name = match pull::target_name(&request).and_then(|n| self.reserve(&n, "pull").map(|()| n)) {
+            Ok(name) => name,
+            Err(e) => return MessageResult(refused(e)),
+        };
         let (events, events_rx) = mpsc::unbounded_channel();
         let (result, result_rx) = oneshot::channel();
-        let held = HeldPull { request, events, result };
+        let held = HeldPull { request, replace, name, events, result };
         if self.pruning || !self.prunes.is_empty() {
             let _ = held.events.send(PullEvent::WaitingForPrune);
             self.held.push_back(held);
@@ -225,15 +295,18 @@ impl Handler<StartImport> for ImageCache {
 
     /// Imports use no blobs, so they need not wait for prunes.
     fn handle(&mut self, msg: StartImport, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = images::validate_name(&msg.name).and_then(|()| self.reserve(&msg.name, "import")) {
+            return MessageResult(refused(e));
+        }
         let (events, events_rx) = mpsc::unbounded_channel();
         let (result, result_rx) = oneshot::channel();
         info!(self.log, "import started"; "name" => &msg.name, "file" => &msg.file);
-        let work = pull::import(msg.name, msg.file, msg.size, msg.input, self.pulls.clone(), events);
-        ctx.spawn(work.into_actor(self).map(move |outcome, act, _| {
-            if let Err(e) = &outcome {
-                warn!(act.log, "import failed"; "error" => &e.message);
-            }
-            let _ = result.send(outcome);
+        let name = msg.name.clone();
+        let work =
+            pull::import(msg.name, msg.file, msg.size, msg.replace, msg.input, self.pulls.clone(), events);
+        ctx.spawn(unless_abandoned(work, result).into_actor(self).map(move |outcome, act, _| {
+            act.busy.remove(&name);
+            act.report("import", &name, outcome);
         }));
         MessageResult(PullHandle { events: events_rx, result: result_rx })
     }

@@ -2,6 +2,7 @@
 //! build ext4, install. Runs as a future spawned by the ImageCache actor; disk and CPU work goes
 //! to blocking threads.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,12 +13,15 @@ use protocol::{Error, ErrorKind};
 use tokio::sync::mpsc;
 
 use super::blobs::BlobStore;
+use super::cancel::Cancel;
 use super::digest::Digest;
 use super::extract::Limits;
 use super::flatten::{self, Layer};
-use super::images::{self, ImageStore};
+use super::images::{self, ImageStore, Staging};
 use super::locks::KeyLocks;
-use super::registry::{ImageConfig, Registry};
+use super::registry::{Descriptor, ImageConfig, Registry, check_document_size};
+use crate::peers::Peers;
+use crate::vm_manager::MayReplaceImage;
 
 /// Layers fetched at once.
 const PARALLEL_FETCHES: usize = 3;
@@ -30,6 +34,10 @@ pub struct PullCtx {
     pub locks: KeyLocks,
     pub insecure: Arc<Vec<String>>,
     pub limits: Limits,
+    /// The most one blob may declare (`max_layer_bytes`).
+    pub max_layer_bytes: u64,
+    /// To ask the VmManager whether an image may be replaced.
+    pub peers: Peers,
 }
 
 /// The local name an image gets when the user gives none: the repository's last segment, and
@@ -56,17 +64,104 @@ fn fail(message: String) -> Error {
     Error::new(kind, message)
 }
 
+fn parse_reference(reference: &str) -> Result<Reference, Error> {
+    reference.parse().map_err(|e| {
+        Error::new(ErrorKind::InvalidInput, format!("{reference:?} is not an image reference: {e}"))
+            .with_hint("write it as [registry/]repository[:tag][@sha256:digest], e.g. alpine:3.19")
+    })
+}
+
+/// The local name a pull installs: `--name`, else one made from the reference.
+pub fn target_name(req: &PullRequest) -> Result<String, Error> {
+    let name = match &req.name {
+        Some(name) => name.clone(),
+        None => default_name(&parse_reference(&req.reference)?),
+    };
+    images::validate_name(&name)?;
+    Ok(name)
+}
+
+/// A taken name is replaced only when asked (`--replace`), and, like `image rm`, not while
+/// VMs were made from the image (the VmManager says).
+async fn check_replace(name: &str, replace: bool, ctx: &PullCtx) -> Result<(), Error> {
+    let (store, n) = (ctx.images.clone(), name.to_string());
+    let exists = crate::fsutil::blocking(move || match store.get(&n) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    })
+    .await?;
+    if !exists {
+        return Ok(());
+    }
+    if !replace {
+        return Err(Error::new(ErrorKind::Conflict, format!("an image named {name:?} exists already"))
+            .with_hint(format!(
+                "pass --replace to replace it (VMs made from it keep their disks), choose another \
+                 --name, or remove it first: banger image rm {name}"
+            )));
+    }
+    ctx.peers.vms().ask(MayReplaceImage(name.to_string())).await
+}
+
+/// What the manifest declares, checked before the first byte: each blob against
+/// `max_layer_bytes` (the config against the document cap), and what is left to fetch against
+/// the free space of the cache.
+/// Runs on a blocking thread (a stat per blob and a statvfs).
+fn check_declared(
+    config: &Descriptor,
+    layers: &[Descriptor],
+    blobs: &BlobStore,
+    max_layer_bytes: u64,
+) -> Result<(), Error> {
+    check_document_size(config).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+    let mut needed: u64 = 0;
+    for layer in layers {
+        if layer.size > max_layer_bytes {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "layer {} declares {} bytes, more than the {} allowed (max_layer_bytes)",
+                    layer.digest, layer.size, max_layer_bytes
+                ),
+            )
+            .with_hint("if the image is genuine, raise max_layer_bytes in [images] of bangerd.toml"));
+        }
+    }
+    for blob in layers.iter().chain([config]) {
+        let digest = Digest::parse(&blob.digest).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+        if blobs.has(&digest) {
+            continue;
+        }
+        let partial = std::fs::metadata(blobs.partial(&digest)).map(|m| m.len()).unwrap_or(0);
+        needed = needed.saturating_add(blob.size.saturating_sub(partial));
+    }
+    let dir = blobs.dir();
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|st| st.blocks_available().saturating_mul(st.fragment_size()))
+        .map_err(|e| fail(format!("cannot see the free space of {}: {e}", dir.display())))?;
+    if needed > free {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "the layers to fetch declare {needed} bytes, but {} has {free} bytes free",
+                dir.display()
+            ),
+        )
+        .with_hint("free some space, or run `banger image cache prune`"));
+    }
+    Ok(())
+}
+
 pub async fn pull(
     req: PullRequest,
+    replace: bool,
     ctx: PullCtx,
     events: mpsc::UnboundedSender<PullEvent>,
 ) -> Result<ImageInfo, Error> {
-    let reference: Reference = req.reference.parse().map_err(|e| {
-        Error::new(ErrorKind::InvalidInput, format!("{:?} is not an image reference: {e}", req.reference))
-            .with_hint("write it as [registry/]repository[:tag][@sha256:digest], e.g. alpine:3.19")
-    })?;
-    let name = req.name.clone().unwrap_or_else(|| default_name(&reference));
-    images::validate_name(&name)?;
+    let reference = parse_reference(&req.reference)?;
+    let name = target_name(&req)?;
+    check_replace(&name, replace, &ctx).await?;
     ctx.blobs.ensure_dir().map_err(|e| fail(format!("cannot create {}: {e}", ctx.blobs.dir().display())))?;
 
     let registry = Registry::new(reference.clone(), req.auth.as_ref(), &ctx.insecure);
@@ -79,6 +174,9 @@ pub async fn pull(
         };
         Error::new(ErrorKind::Unavailable, e).with_hint(hint)
     })?;
+    let (config, layers, blobs, max) =
+        (manifest.config.clone(), manifest.layers.clone(), ctx.blobs.clone(), ctx.max_layer_bytes);
+    crate::fsutil::blocking(move || check_declared(&config, &layers, &blobs, max)).await?;
     let layers: Vec<LayerProgress> = manifest
         .layers
         .iter()
@@ -132,7 +230,8 @@ pub async fn pull(
         .collect::<Result<_, _>>()
         .map_err(fail)?;
     let limits = ctx.limits;
-    build(info, move |tree| flatten::apply_layers(tree, &sources, limits), req.size, &ctx, &events).await
+    let fill = move |tree: &Path, cancel: &Cancel| flatten::apply_layers(tree, &sources, limits, cancel);
+    build(info, fill, req.size, &ctx, &events).await
 }
 
 /// Makes an image from a flat rootfs tar (plain, gzip or zstd) read from `input`.
@@ -140,11 +239,13 @@ pub async fn import(
     name: String,
     file: String,
     size: Option<u64>,
+    replace: bool,
     input: std::fs::File,
     ctx: PullCtx,
     events: mpsc::UnboundedSender<PullEvent>,
 ) -> Result<ImageInfo, Error> {
     images::validate_name(&name)?;
+    check_replace(&name, replace, &ctx).await?;
     let info = ImageInfo {
         name,
         source: ImageSource::Imported { file },
@@ -160,37 +261,63 @@ pub async fn import(
         rootfs_bytes: 0,
     };
     let limits = ctx.limits;
-    build(info, move |tree| flatten::apply_stream(tree, input, limits), size, &ctx, &events).await
+    let fill = move |tree: &Path, cancel: &Cancel| flatten::apply_stream(tree, input, limits, cancel);
+    build(info, fill, size, &ctx, &events).await
 }
 
 /// Fills a staging tree with `fill`, builds ext4 from it, and installs the image `info.name`.
+/// Dropping this future (the client went away) stops it: mkfs is killed, `fill` stops at its
+/// next read, and the staging dir goes once neither uses it.
 async fn build(
-    mut info: ImageInfo,
-    fill: impl FnOnce(&std::path::Path) -> Result<super::extract::Stats, String> + Send + 'static,
+    info: ImageInfo,
+    fill: impl FnOnce(&Path, &Cancel) -> Result<super::extract::Stats, String> + Send + 'static,
     size: Option<u64>,
     ctx: &PullCtx,
     events: &mpsc::UnboundedSender<PullEvent>,
 ) -> Result<ImageInfo, Error> {
-    let staging =
-        ctx.images.staging(&info.name).map_err(|e| fail(format!("cannot create a staging dir: {e}")))?;
+    let staging = Arc::new(
+        ctx.images.staging(&info.name).map_err(|e| fail(format!("cannot create a staging dir: {e}")))?,
+    );
+    let built = build_in(&staging, info, fill, size, ctx, events).await;
+    // The blocking work has let go of it by now (it is awaited to the end).
+    if built.is_err()
+        && let Ok(staging) = Arc::try_unwrap(staging)
+    {
+        let _ = tokio::task::spawn_blocking(move || staging.remove_now()).await;
+    }
+    built
+}
+
+async fn build_in(
+    staging: &Arc<Staging>,
+    mut info: ImageInfo,
+    fill: impl FnOnce(&Path, &Cancel) -> Result<super::extract::Stats, String> + Send + 'static,
+    size: Option<u64>,
+    ctx: &PullCtx,
+    events: &mpsc::UnboundedSender<PullEvent>,
+) -> Result<ImageInfo, Error> {
+    let (cancel, _cancel_on_drop) = Cancel::new();
     let tree = staging.path.join("tree");
     std::fs::create_dir(&tree).map_err(|e| fail(format!("cannot create {}: {e}", tree.display())))?;
     let _ = events.send(PullEvent::Stage { name: "flattening".into() });
-    let t = tree.clone();
-    let stats = blocking(move || fill(&t))
-        .await
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot flatten the image: {e}")))?;
+    let (t, held) = (tree.clone(), staging.clone());
+    let stats = blocking(move || {
+        let _held = held;
+        fill(&t, &cancel)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot flatten the image: {e}")))?;
     let _ = events.send(PullEvent::Stage { name: "building ext4".into() });
     let rootfs = staging.path.join(images::ROOTFS);
-    let (t, r) = (tree.clone(), rootfs.clone());
-    let rootfs_bytes = blocking(move || flatten::build_ext4(&t, &stats, size, &r)).await.map_err(fail)?;
+    let rootfs_bytes = flatten::build_ext4(&tree, &stats, size, &rootfs).await.map_err(fail)?;
     let t = tree.clone();
     blocking(move || std::fs::remove_dir_all(&t).map_err(|e| e.to_string())).await.map_err(fail)?;
     info.content_bytes = stats.content_bytes;
     info.rootfs_bytes = rootfs_bytes;
     let _held = ctx.locks.lock(format!("image:{}", info.name)).await;
     let (store, i) = (ctx.images.clone(), info.clone());
-    blocking(move || store.install(staging, &i)).await.map_err(fail)?;
+    let staging = staging.clone();
+    blocking(move || store.install(&staging, &i)).await.map_err(fail)?;
     Ok(info)
 }
 

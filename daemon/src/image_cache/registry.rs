@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
+use oci_client::RegistryOperation;
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use protocol::image::{Credentials, PullEvent};
@@ -107,14 +107,37 @@ pub fn is_loopback(registry: &str) -> bool {
 }
 
 pub struct Registry {
+    /// oci-client, only for its token dance (`auth`); requests are ours, so that a manifest is
+    /// read with a cap and a blob's bytes are counted and hashed by us.
     client: Client,
+    http: reqwest::Client,
     reference: Reference,
     auth: RegistryAuth,
+    /// `scheme://registry/v2/repository`.
+    base: String,
+    bearer: tokio::sync::OnceCell<Option<String>>,
 }
 
 /// Plain HTTP for loopback registries and those configured with `--insecure-registry`.
 pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
     is_loopback(registry) || insecure.iter().any(|r| r == registry)
+}
+
+/// Why a blob could not be fetched. Only a broken transfer is worth another attempt; content
+/// that does not match what the manifest declares will not get better by asking again.
+#[derive(Debug)]
+pub enum FetchError {
+    Transient(String),
+    Integrity(String),
+    Fatal(String),
+}
+
+impl FetchError {
+    pub fn message(self) -> String {
+        match self {
+            FetchError::Transient(m) | FetchError::Integrity(m) | FetchError::Fatal(m) => m,
+        }
+    }
 }
 
 impl Registry {
@@ -123,7 +146,7 @@ impl Registry {
         let plain_http = plain_http(&registry, insecure);
         let config = ClientConfig {
             protocol: if plain_http {
-                ClientProtocol::HttpsExcept(vec![registry])
+                ClientProtocol::HttpsExcept(vec![registry.clone()])
             } else {
                 ClientProtocol::Https
             },
@@ -135,23 +158,78 @@ impl Registry {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
             None => RegistryAuth::Anonymous,
         };
-        Registry { client: Client::new(config), reference, auth }
+        // reqwest drops Authorization when a redirect leaves the registry's host (blob stores).
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        let scheme = if plain_http { "http" } else { "https" };
+        let base = format!("{scheme}://{registry}/v2/{}", reference.repository());
+        Registry { client: Client::new(config), http, reference, auth, base, bearer: Default::default() }
     }
 
-    async fn document(&self, reference: &Reference) -> Result<(Document, Digest, Vec<u8>), String> {
-        let accepted: Vec<&str> = INDEX_TYPES.iter().chain(MANIFEST_TYPES.iter()).copied().collect();
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, &accepted)
+    /// A GET with this registry's credentials: a bearer token when the registry hands one out,
+    /// else basic credentials when the user has some.
+    async fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
+        let bearer =
+            self.bearer
+                .get_or_try_init(|| async {
+                    self.client.auth(&self.reference, &self.auth, RegistryOperation::Pull).await.map_err(
+                        |e| format!("cannot authenticate to {}: {e}", self.reference.resolve_registry()),
+                    )
+                })
+                .await?;
+        let request = self.http.get(url);
+        Ok(match (bearer, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        })
+    }
+
+    /// A document (manifest or index), read with a cap as it arrives: a registry cannot make
+    /// the daemon hold more than [`MAX_DOCUMENT`] bytes of it.
+    async fn fetch_document(&self, reference: &Reference) -> Result<Vec<u8>, String> {
+        let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let url = format!("{}/manifests/{tag_or_digest}", self.base);
+        let accepted =
+            INDEX_TYPES.iter().chain(MANIFEST_TYPES.iter()).copied().collect::<Vec<_>>().join(", ");
+        let whole = reference.whole();
+        let response = self
+            .get(&url)
+            .await?
+            .header(reqwest::header::ACCEPT, accepted)
+            .send()
             .await
-            .map_err(|e| format!("cannot fetch the manifest of {}: {e}", reference.whole()))?;
-        if bytes.len() > MAX_DOCUMENT {
-            return Err(format!(
-                "the manifest of {} is {} bytes; that is not a manifest",
-                reference.whole(),
-                bytes.len()
-            ));
+            .map_err(|e| format!("cannot fetch the manifest of {whole}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("cannot fetch the manifest of {whole}: the registry answered {status}"));
         }
+        let too_big = || {
+            format!(
+                "the manifest of {whole} is larger than {} MiB; that is not a manifest",
+                MAX_DOCUMENT >> 20
+            )
+        };
+        if response.content_length().is_some_and(|n| n > MAX_DOCUMENT as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("the manifest of {whole} broke off: {e}"))?;
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    async fn document(&self, reference: &Reference) -> Result<(Document, Digest), String> {
+        let bytes = self.fetch_document(reference).await?;
         let digest = Digest::of(&bytes);
         if let Some(pinned) = reference.digest()
             && Digest::parse(pinned)? != digest
@@ -166,12 +244,12 @@ impl Registry {
                 "docker schema 1 manifests are not supported; push the image with a current tool".into()
             );
         }
-        Ok((doc, digest, bytes.to_vec()))
+        Ok((doc, digest))
     }
 
     /// Resolves the reference to this host's image manifest.
     pub async fn manifest(&self) -> Result<Manifest, String> {
-        let (doc, digest, _) = self.document(&self.reference).await?;
+        let (doc, digest) = self.document(&self.reference).await?;
         let (doc, digest) = match doc.manifests {
             Some(entries) => {
                 let (arch, variant) = host_platform();
@@ -201,8 +279,10 @@ impl Registry {
                         offered.join(", ")
                     ));
                 };
-                let by_digest = self.reference.clone_with_digest(entry.digest.clone());
-                let (doc, digest, _) = self.document(&by_digest).await?;
+                // Checked before it goes into a URL.
+                let entry_digest = Digest::parse(&entry.digest)?;
+                let by_digest = self.reference.clone_with_digest(entry_digest.to_string());
+                let (doc, digest) = self.document(&by_digest).await?;
                 if doc.manifests.is_some() {
                     return Err("an index points at another index; banger follows one level".into());
                 }
@@ -221,7 +301,9 @@ impl Registry {
         }
     }
 
-    /// Makes sure the blob is in the cache, downloading (and resuming) as needed.
+    /// Makes sure the blob is in the cache, downloading (and resuming) as needed. A broken
+    /// transfer is resumed; content that is not what the manifest declares is refused at once
+    /// and its partial file removed.
     pub async fn fetch(
         &self,
         desc: &Descriptor,
@@ -245,18 +327,26 @@ impl Registry {
                 });
                 tokio::time::sleep(Duration::from_millis(200 << (attempt - 2))).await;
             }
-            if let Err(e) = self.download(&digest, desc, blobs, events).await {
-                last = e;
-                continue;
-            }
-            let (store, d) = (blobs.clone(), digest.clone());
-            match tokio::task::spawn_blocking(move || store.commit(&d)).await {
-                Ok(Ok(())) => {
+            let outcome = match self.download(&digest, desc, blobs, events).await {
+                Ok(()) => {
+                    let (store, d) = (blobs.clone(), digest.clone());
+                    match tokio::task::spawn_blocking(move || store.commit(&d)).await {
+                        Ok(result) => result,
+                        Err(e) => Err(FetchError::Transient(format!("verification task failed: {e}"))),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
                     let _ = events.send(PullEvent::Verified { digest: digest.to_string() });
                     return Ok(());
                 }
-                Ok(Err(e)) => last = e,
-                Err(e) => last = format!("verification task failed: {e}"),
+                Err(FetchError::Transient(e)) => last = e,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(blobs.partial(&digest)).await;
+                    return Err(e.message());
+                }
             }
         }
         Err(format!("cannot fetch {digest} after {ATTEMPTS} attempts: {last}"))
@@ -268,7 +358,8 @@ impl Registry {
         desc: &Descriptor,
         blobs: &BlobStore,
         events: &mpsc::UnboundedSender<PullEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FetchError> {
+        use FetchError::{Fatal, Integrity, Transient};
         let partial = blobs.partial(digest);
         let mut have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
         if have > desc.size {
@@ -277,22 +368,33 @@ impl Registry {
         if have == desc.size && have > 0 {
             return Ok(());
         }
-        let oci = OciDescriptor {
-            digest: desc.digest.clone(),
-            size: desc.size as i64,
-            media_type: desc.media_type.clone(),
-            ..Default::default()
-        };
-        let response = self
-            .client
-            .pull_blob_stream_partial(&self.reference, &oci, have, None)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let (stream, resume) = match response {
-            BlobResponse::Partial(s) if have > 0 => (s, true),
-            BlobResponse::Partial(s) | BlobResponse::Full(s) => (s, false),
+        let url = format!("{}/blobs/{digest}", self.base);
+        let mut request = self.get(&url).await.map_err(Transient)?;
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let response = request.send().await.map_err(|e| Transient(format!("request failed: {e}")))?;
+        let status = response.status();
+        let resume = match status {
+            reqwest::StatusCode::PARTIAL_CONTENT if have > 0 => true,
+            s if s.is_success() => false,
+            s if s.is_server_error() || s == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                return Err(Transient(format!("the registry answered {s}")));
+            }
+            s => return Err(Fatal(format!("cannot fetch {digest}: the registry answered {s}"))),
         };
         let mut done = if resume { have } else { 0 };
+        let more = |n: u64| {
+            Integrity(format!(
+                "the registry sent {n} bytes or more of {digest}, but the manifest declares {}",
+                desc.size
+            ))
+        };
+        if let Some(len) = response.content_length()
+            && done + len > desc.size
+        {
+            return Err(more(done + len));
+        }
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -300,43 +402,50 @@ impl Registry {
             .truncate(!resume)
             .open(&partial)
             .await
-            .map_err(|e| write_error(&partial, e))?;
+            .map_err(|e| Fatal(write_error(&partial, e)))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let mut stream = stream.stream;
+        let mut stream = response.bytes_stream();
         let mut reported = done;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("transfer broke at byte {done}: {e}"))?;
+            let chunk = chunk.map_err(|e| Transient(format!("transfer broke at byte {done}: {e}")))?;
             done += chunk.len() as u64;
             if done > desc.size {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(format!(
-                    "the registry sent more than the {} bytes the manifest declares",
-                    desc.size
-                ));
+                return Err(more(done));
             }
-            out.write_all(&chunk).await.map_err(|e| write_error(&partial, e))?;
+            out.write_all(&chunk).await.map_err(|e| Fatal(write_error(&partial, e)))?;
             if done - reported >= 256 << 10 || done == desc.size {
                 reported = done;
                 let _ =
                     events.send(PullEvent::Progress { digest: digest.to_string(), done, total: desc.size });
             }
         }
-        out.flush().await.map_err(|e| write_error(&partial, e))?;
-        out.get_ref().sync_data().await.map_err(|e| write_error(&partial, e))?;
+        out.flush().await.map_err(|e| Fatal(write_error(&partial, e)))?;
+        out.get_ref().sync_data().await.map_err(|e| Fatal(write_error(&partial, e)))?;
         if done != desc.size {
-            return Err(format!("transfer ended at byte {done} of {}", desc.size));
+            return Err(Transient(format!("transfer ended at byte {done} of {}", desc.size)));
         }
         Ok(())
     }
 
     /// Reads a small cached blob (config) that [`Registry::fetch`] verified.
     pub async fn read_small(blobs: &BlobStore, desc: &Descriptor) -> Result<Vec<u8>, String> {
-        if desc.size as usize > MAX_DOCUMENT {
-            return Err(format!("the image config is {} bytes; refusing", desc.size));
-        }
+        check_document_size(desc)?;
         let digest = Digest::parse(&desc.digest)?;
         tokio::fs::read(blobs.path(&digest)).await.map_err(|e| format!("cannot read {digest}: {e}"))
     }
+}
+
+/// An image config is a document like a manifest: refused before download when it declares
+/// more than [`MAX_DOCUMENT`].
+pub fn check_document_size(desc: &Descriptor) -> Result<(), String> {
+    if desc.size > MAX_DOCUMENT as u64 {
+        return Err(format!(
+            "the image config declares {} bytes, more than the {} MiB a config may have",
+            desc.size,
+            MAX_DOCUMENT >> 20
+        ));
+    }
+    Ok(())
 }
 
 fn write_error(path: &std::path::Path, e: std::io::Error) -> String {

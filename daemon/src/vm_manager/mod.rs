@@ -25,7 +25,7 @@ use slog::{Logger, o};
 
 pub use self::create::{CreateVm, Defaults};
 pub use self::lifecycle::{Lifecycle, Logs};
-pub use self::remove::{PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall};
+pub use self::remove::{MayReplaceImage, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall};
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::network::ReleaseIp;
 use crate::peers::Peers;

@@ -1,6 +1,6 @@
 //! Removing: a VM (`vm rm`), every idle VM (`vm prune`), and the checks that need every VM:
-//! an image or kernel in use is kept (`image rm`, `kernel rm`), and the host's network is not
-//! taken down under a VM that may be running (`system uninstall`).
+//! an image or kernel in use is kept (`image rm`, `kernel rm`, an image pull's `--replace`),
+//! and the host's network is not taken down under a VM that may be running (`system uninstall`).
 
 use actix::prelude::*;
 use protocol::Error;
@@ -35,6 +35,12 @@ pub struct RemoveImage {
     pub name: String,
     pub force: bool,
 }
+
+/// Asked by the ImageCache before a pull or import with `--replace` swaps an image: the same
+/// rule as `image rm` without `--force`, so VMs made from an image keep telling where from.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct MayReplaceImage(pub String);
 
 /// `kernel rm`: refused while a VM boots the kernel.
 #[derive(Message)]
@@ -117,6 +123,25 @@ impl Handler<RemoveImage> for VmManager {
                 return Err(VmError::InUse { what: format!("image {}", msg.name), users, hint }.into());
             }
             images.ask(image_cache::RemoveImage { name: msg.name }).await
+        })
+    }
+}
+
+impl Handler<MayReplaceImage> for VmManager {
+    type Result = ResponseFuture<Result<(), Error>>;
+    fn handle(&mut self, MayReplaceImage(name): MayReplaceImage, _: &mut Context<Self>) -> Self::Result {
+        let all = self.all();
+        Box::pin(async move {
+            let users: Vec<String> =
+                all.await?.into_iter().filter(|v| v.spec.image == name).map(|v| v.name).collect();
+            if users.is_empty() {
+                return Ok(());
+            }
+            let hint = format!(
+                "remove those VMs first, or `banger image rm --force {name}` and then pull or import \
+                 again; or give the new image another --name"
+            );
+            Err(VmError::InUse { what: format!("image {name}"), users, hint }.into())
         })
     }
 }

@@ -144,7 +144,8 @@ async fn setup(dir: Option<tempfile::TempDir>) -> Setup {
         builder.append_data(&mut header, "etc/hostname", &b"test\n"[..]).unwrap();
         builder.finish().unwrap();
         let input = std::fs::File::open(&tar).unwrap();
-        let import = StartImport { name: "base".into(), file: "rootfs.tar".into(), size: None, input };
+        let import =
+            StartImport { name: "base".into(), file: "rootfs.tar".into(), size: None, replace: false, input };
         let handle = images.send(import).await.unwrap();
         handle.result.await.unwrap().unwrap();
     }
