@@ -252,6 +252,18 @@ impl TestDaemon {
         }
     }
 
+    /// The image imports and pulls in progress: their staging dirs under `images/`.
+    pub fn staging_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("images"))
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".tmp-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

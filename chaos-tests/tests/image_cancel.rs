@@ -19,17 +19,6 @@ fn many_files(n: usize) -> Vec<u8> {
     tar.bytes()
 }
 
-fn staging_dirs(d: &TestDaemon) -> Vec<String> {
-    std::fs::read_dir(d.dir.path().join("images"))
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn mkfs_of(d: &TestDaemon) -> Vec<(u32, String)> {
     processes("mkfs.ext4", d.dir.path().to_str().unwrap())
 }
@@ -72,7 +61,7 @@ async fn a_tar_of_too_many_entries_is_refused_before_mkfs() {
     assert!(stderr(&out).contains("max_image_entries"), "and the setting: {}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(30), "refused quickly: {:?}", started.elapsed());
     assert!(!d.log_text().contains("building ext4") && mkfs_of(&d).is_empty(), "mkfs never ran");
-    assert!(staging_dirs(&d).is_empty(), "no staging left: {:?}", staging_dirs(&d));
+    assert!(d.staging_dirs().is_empty(), "no staging left: {:?}", d.staging_dirs());
 }
 
 #[tokio::test]
@@ -88,7 +77,7 @@ async fn a_client_that_hangs_up_cancels_its_import() {
     })
     .await;
     wait_until(Duration::from_secs(15), "the staging dir to go", || async {
-        staging_dirs(&d).is_empty().then_some(())
+        d.staging_dirs().is_empty().then_some(())
     })
     .await;
     assert!(!d.dir.path().join("images/slow").exists());
@@ -105,14 +94,14 @@ async fn a_client_that_hangs_up_cancels_its_import() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), "the import to start", || async {
-        (!staging_dirs(&d).is_empty()).then_some(())
+        (!d.staging_dirs().is_empty()).then_some(())
     })
     .await;
     // The pipe's write end stays open in `stalled.stdin`: only the hang-up can end this import.
     stalled.kill().unwrap();
     stalled.wait().unwrap();
     wait_until(Duration::from_secs(15), "the staging dir to go", || async {
-        staging_dirs(&d).is_empty().then_some(())
+        d.staging_dirs().is_empty().then_some(())
     })
     .await;
     let file = d.dir.path().join("small.tar");
@@ -136,7 +125,7 @@ async fn kill_9_of_bangerd_during_mkfs_leaves_no_mkfs_running() {
     // The next daemon removes the staging dir the crash left.
     d.restart().await;
     wait_until(Duration::from_secs(10), "the leftover staging dir to go", || async {
-        staging_dirs(&d).is_empty().then_some(())
+        d.staging_dirs().is_empty().then_some(())
     })
     .await;
 }

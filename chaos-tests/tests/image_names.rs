@@ -18,17 +18,6 @@ fn rootfs_tar(marker: &str) -> Vec<u8> {
     LayerTar::default().dir("etc").file("etc/marker", marker.as_bytes()).bytes()
 }
 
-fn staging_dirs(d: &TestDaemon) -> Vec<String> {
-    std::fs::read_dir(d.dir.path().join("images"))
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_second_import_of_a_name_is_refused_while_the_first_stalls() {
     let d = TestDaemon::start().await;
@@ -44,7 +33,7 @@ async fn a_second_import_of_a_name_is_refused_while_the_first_stalls() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), "the first import to start", || async {
-        (!staging_dirs(&d).is_empty()).then_some(())
+        (!d.staging_dirs().is_empty()).then_some(())
     })
     .await;
 
