@@ -257,49 +257,56 @@ async fn symlinks_planted_in_a_fresh_jail_write_through_nothing() {
         let names = ["firecracker.log", "metrics.json", "vm.json", "vmlinux", "disk.ext4", "firecracker.pid"];
         let canaries: Vec<Canary> = names.iter().map(|n| s.canary(n)).collect();
         let (stop, launching) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let planted = Arc::new(AtomicUsize::new(0));
+        let (planted, busy) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         let planter = {
-            let (root, outside, stop, launching, planted) = (
+            let (root, outside, stop, launching, busy, planted) = (
                 s.jail_root("web"),
                 s.outside.path().to_path_buf(),
                 stop.clone(),
                 launching.clone(),
+                busy.clone(),
                 planted.clone(),
             );
             std::thread::spawn(move || {
                 // setfsuid changes this thread alone: it plants as the owner would.
                 // SAFETY: a plain syscall on this thread's credentials.
                 unsafe { libc::setfsuid(owner) };
-                while !stop.load(Ordering::Relaxed) {
-                    if !launching.load(Ordering::Relaxed) {
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    for n in names {
-                        if std::os::unix::fs::symlink(outside.join(n), root.join(n)).is_ok() {
-                            planted.fetch_add(1, Ordering::Relaxed);
+                while !stop.load(Ordering::SeqCst) {
+                    // Busy first, then the flag: the launcher, which clears the flag and then
+                    // waits for not busy, never has a plant land in a launch it did not attack.
+                    busy.store(true, Ordering::SeqCst);
+                    if launching.load(Ordering::SeqCst) {
+                        for n in names {
+                            if std::os::unix::fs::symlink(outside.join(n), root.join(n)).is_ok() {
+                                planted.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
+                    busy.store(false, Ordering::SeqCst);
+                    std::thread::yield_now();
                 }
             })
         };
         // Every other launch is attacked; the others show the helper still launches.
         let (mut launched, mut quiet_launched) = (0, 0);
         for i in 0..200 {
-            launching.store(i % 2 == 0, Ordering::Relaxed);
+            launching.store(i % 2 == 0, Ordering::SeqCst);
             let reply = s
                 .client
                 .call(&HelperRequest::LaunchVm(s.spec("web", "vms/web/disk.ext4", true)))
                 .await
                 .unwrap();
-            launching.store(false, Ordering::Relaxed);
+            launching.store(false, Ordering::SeqCst);
+            while busy.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
             if matches!(reply, HelperResponse::Launched { .. }) {
                 launched += 1;
                 quiet_launched += i % 2;
             }
             clean(&mut s.client, "web").await;
         }
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::SeqCst);
         planter.join().unwrap();
         canaries.iter().for_each(Canary::untouched);
         println!(
