@@ -13,6 +13,7 @@ use protocol::image::{ImageInfo, ImageSource};
 use protocol::{Error, ErrorKind};
 use slog::{Logger, warn};
 
+use super::error::ImageError;
 use crate::fsutil::{move_aside, sync_dir, write_atomic};
 
 pub const ROOTFS: &str = "rootfs.ext4";
@@ -68,17 +69,12 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 }
 
 /// The names of images and kernels (`what`): 1-63 of a-z, 0-9, '.', '_', '-'.
-pub fn validate_object_name(what: &str, name: &str) -> Result<(), Error> {
+pub fn validate_object_name(what: &'static str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(ErrorKind::InvalidInput, format!("invalid {what} name {name:?}"))
-            .with_hint("use 1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"))
-    }
+    if ok { Ok(()) } else { Err(ImageError::InvalidName { what, name: name.into() }.into()) }
 }
 
 impl ImageStore {
@@ -199,8 +195,7 @@ impl ImageStore {
                 if self.dir.join(name).join(ROOTFS).exists() {
                     return self.recover(name, "image.json is missing".into());
                 }
-                return Err(Error::new(ErrorKind::NotFound, format!("no image named {name:?}"))
-                    .with_hint("see `banger image ls`"));
+                return Err(ImageError::NotFound(name.into()).into());
             }
             Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
         };
@@ -264,12 +259,7 @@ impl ImageStore {
         let len = rootfs.metadata().map_err(|e| Error::internal(e.to_string()))?.len();
         let bytes = bytes.unwrap_or(default_bytes.max(len));
         if bytes < len {
-            let mib = |b: u64| b.div_ceil(1 << 20);
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("a {} MiB disk cannot hold image {name} ({} MiB)", mib(bytes), mib(len)),
-            )
-            .with_hint(format!("pass --disk {}M or more", mib(len))));
+            return Err(ImageError::DiskTooSmall { name: name.into(), bytes, len }.into());
         }
         let disk = |base| Ok(BaseDiskFor { base, disk_bytes: bytes });
         if bytes == len {

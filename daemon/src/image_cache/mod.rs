@@ -12,6 +12,7 @@
 pub mod blobs;
 pub mod cancel;
 pub mod digest;
+pub mod error;
 pub mod extract;
 pub mod flatten;
 pub mod images;
@@ -23,12 +24,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use protocol::Error;
 use protocol::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
-use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use self::blobs::BlobStore;
+use self::error::ImageError;
 use self::extract::Limits;
 use self::images::ImageStore;
 use self::locks::KeyLocks;
@@ -148,14 +150,7 @@ impl ImageCache {
     /// Takes `name` for a pull or an import (`what`), or says which operation has it.
     fn reserve(&mut self, name: &str, what: &'static str) -> Result<(), Error> {
         if let Some(other) = self.busy.get(name) {
-            let article = if other.starts_with('i') { "an" } else { "a" };
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("{article} {other} of {name} is in progress"),
-            )
-            .with_hint(format!(
-                "wait for it to finish (or stop it), then {what} again; or choose another --name"
-            )));
+            return Err(ImageError::InProgress { name: name.into(), other, what }.into());
         }
         self.busy.insert(name.to_string(), what);
         Ok(())

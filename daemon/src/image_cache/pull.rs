@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::blobs::BlobStore;
 use super::cancel::Cancel;
 use super::digest::Digest;
+use super::error::ImageError;
 use super::extract::Limits;
 use super::flatten::{self, Layer};
 use super::images::{self, ImageStore, Staging};
@@ -65,9 +66,8 @@ fn fail(message: String) -> Error {
 }
 
 fn parse_reference(reference: &str) -> Result<Reference, Error> {
-    reference.parse().map_err(|e| {
-        Error::new(ErrorKind::InvalidInput, format!("{reference:?} is not an image reference: {e}"))
-            .with_hint("write it as [registry/]repository[:tag][@sha256:digest], e.g. alpine:3.19")
+    reference.parse().map_err(|e: oci_client::ParseError| {
+        Error::from(ImageError::BadReference { reference: reference.into(), why: e.to_string() })
     })
 }
 
@@ -95,11 +95,7 @@ async fn check_replace(name: &str, replace: bool, ctx: &PullCtx) -> Result<(), E
         return Ok(());
     }
     if !replace {
-        return Err(Error::new(ErrorKind::Conflict, format!("an image named {name:?} exists already"))
-            .with_hint(format!(
-                "pass --replace to replace it (VMs made from it keep their disks), choose another \
-                 --name, or remove it first: banger image rm {name}"
-            )));
+        return Err(ImageError::Exists(name.into()).into());
     }
     ctx.peers.vms().ask(MayReplaceImage(name.to_string())).await
 }
@@ -118,14 +114,8 @@ fn check_declared(
     let mut needed: u64 = 0;
     for layer in layers {
         if layer.size > max_layer_bytes {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "layer {} declares {} bytes, more than the {} allowed (max_layer_bytes)",
-                    layer.digest, layer.size, max_layer_bytes
-                ),
-            )
-            .with_hint("if the image is genuine, raise max_layer_bytes in [images] of bangerd.toml"));
+            let (digest, size, max) = (layer.digest.clone(), layer.size, max_layer_bytes);
+            return Err(ImageError::LayerTooLarge { digest, size, max }.into());
         }
     }
     for blob in layers.iter().chain([config]) {
@@ -141,14 +131,7 @@ fn check_declared(
         .map(|st| st.blocks_available().saturating_mul(st.fragment_size()))
         .map_err(|e| fail(format!("cannot see the free space of {}: {e}", dir.display())))?;
     if needed > free {
-        return Err(Error::new(
-            ErrorKind::Unavailable,
-            format!(
-                "the layers to fetch declare {needed} bytes, but {} has {free} bytes free",
-                dir.display()
-            ),
-        )
-        .with_hint("free some space, or run `banger image cache prune`"));
+        return Err(ImageError::NoSpace { needed, free, dir: dir.display().to_string() }.into());
     }
     Ok(())
 }
