@@ -15,6 +15,10 @@ use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
+/// How deep `remove_tree` goes: a jail is a few levels; an endless one is an attack (one open
+/// descriptor per level).
+const MAX_DEPTH: usize = 32;
+
 /// A directory the helper reached without following a symlink.
 #[derive(Debug)]
 pub struct Dir(OwnedFd);
@@ -135,6 +139,13 @@ impl Dir {
     /// mount anywhere inside is refused (the caller unmounts what it mounted first). Absent is
     /// fine.
     pub fn remove_tree(&self, name: &str) -> Result<(), String> {
+        self.remove_tree_at(name, 0)
+    }
+
+    fn remove_tree_at(&self, name: &str, depth: usize) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("{name}: more than {MAX_DEPTH} directories deep; refusing to go on"));
+        }
         let st = match nix::sys::stat::fstatat(self.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(()),
@@ -154,10 +165,18 @@ impl Dir {
             )
             .map(Dir)
             .map_err(|e| format!("{name}: {}", explain(e)))?;
-            // Something may be added while it is emptied: empty it again, a few times.
+            // Taken back from whoever could write in it, so nothing is added while it is emptied
+            // (fails harmlessly where the helper is not root, as in unit tests).
+            let _ = nix::unistd::fchown(
+                dir.fd(),
+                Some(nix::unistd::Uid::from_raw(0)),
+                Some(nix::unistd::Gid::from_raw(0)),
+            );
+            let _ = nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(0o700));
+            // Something may still be added while it is emptied: empty it again, a few times.
             for _ in 0..10 {
                 for entry in dir.entries()? {
-                    dir.remove_tree(&entry).map_err(|e| format!("{name}/{e}"))?;
+                    dir.remove_tree_at(&entry, depth + 1).map_err(|e| format!("{name}/{e}"))?;
                 }
                 match nix::unistd::unlinkat(self.fd(), name, UnlinkatFlags::RemoveDir) {
                     Ok(()) | Err(Errno::ENOENT) => return Ok(()),

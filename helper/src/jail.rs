@@ -105,12 +105,7 @@ impl Jails {
     fn jail_base(&self, state: &Dir) -> Result<Dir, Error> {
         let what = format!("{}/jail", self.state_dir.display());
         let base = state.make_dir("jail", 0o711).map_err(|e| refused(&what, explain(e)))?;
-        let fs = nix::sys::statfs::fstatfs(base.fd()).map_err(|e| internal(&what, e))?;
-        if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
-            let st = base.stat().map_err(|e| internal(&what, e))?;
-            if st.st_uid != 0 {
-                return Err(refused(&what, "it is a tmpfs that root did not mount"));
-            }
+        if self.is_jail_mount(state, &base)? {
             return Ok(base);
         }
         if !base.entries().map_err(|e| internal(&what, e))?.is_empty() {
@@ -125,8 +120,27 @@ impl Jails {
             Some("mode=0711"),
         )
         .map_err(|e| internal(&format!("cannot mount a tmpfs at {what}"), e))?;
-        // The descriptor names the directory under the mount; look again to get the tmpfs.
-        state.dir(Path::new("jail")).map_err(|e| refused(&what, explain(e)))
+        // The descriptor names the directory under the mount; look again to get the tmpfs, and
+        // check it is (the owner may have renamed the directory away meanwhile).
+        let base = state.dir(Path::new("jail")).map_err(|e| refused(&what, explain(e)))?;
+        if !self.is_jail_mount(state, &base)? {
+            return Err(refused(&what, "it changed while the helper mounted its tmpfs"));
+        }
+        Ok(base)
+    }
+
+    /// Whether `base` is the root of a root-owned tmpfs mounted on the state dir's `jail`: a
+    /// tmpfs by itself proves nothing (the state dir may be on one).
+    fn is_jail_mount(&self, state: &Dir, base: &Dir) -> Result<bool, Error> {
+        let what = format!("{}/jail", self.state_dir.display());
+        let fs = nix::sys::statfs::fstatfs(base.fd()).map_err(|e| internal(&what, e))?;
+        let st = base.stat().map_err(|e| internal(&what, e))?;
+        let parent = state.stat().map_err(|e| internal(&what, e))?;
+        let mounted = fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC && st.st_dev != parent.st_dev;
+        if mounted && st.st_uid != 0 {
+            return Err(refused(&what, "it is a tmpfs that root did not mount"));
+        }
+        Ok(mounted)
     }
 
     /// `<jail>/<exec name>/<vm>` as a directory, if it exists.
@@ -164,6 +178,34 @@ impl Jails {
         let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
         let base = self.jail_base(&state)?;
         self.clean_locked(&base, &spec.vm, &mut held)?;
+        match self.build_and_run(&base, spec, &kernel, disk.as_ref(), console) {
+            Ok(vmm) => {
+                let pid = vmm.pid;
+                *held = Some(vmm);
+                Ok((pid, self.root(&spec.vm)))
+            }
+            Err(e) => {
+                // A launch that fails leaves nothing: no jail, no mount, no process.
+                if let Err(undo) = self.clean_locked(&base, &spec.vm, &mut held) {
+                    return Err(Error::internal(format!(
+                        "{}; and cleaning up after it failed: {}",
+                        e.message, undo.message
+                    )));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds the VM's jail and runs the jailer in it: the VMM, held by pidfd.
+    fn build_and_run(
+        &self,
+        base: &Dir,
+        spec: &LaunchSpec,
+        kernel: &OwnedFd,
+        disk: Option<&OwnedFd>,
+        console: Option<OwnedFd>,
+    ) -> Result<Vmm, Error> {
         // The jail, built by root with root as owner, so nothing can be planted in it while it is
         // built: the kernel and disk bound in, the log and metrics files, the configuration.
         // Directories above the root are traversable (0711, no listing): the daemon, as its
@@ -175,8 +217,8 @@ impl Jails {
         for dir in [&exec, &vm_dir] {
             nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(0o711)).map_err(fail)?;
         }
-        bind_into(&kernel, &root, BOUND[0])?;
-        if let Some(disk) = &disk {
+        bind_into(kernel, &root, BOUND[0])?;
+        if let Some(disk) = disk {
             bind_into(disk, &root, BOUND[1])?;
         }
         for name in ["firecracker.log", "metrics.json"] {
@@ -191,8 +233,8 @@ impl Jails {
             nix::unistd::fchown(file.as_fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
             firecracker_args.extend(["--config-file".into(), "/vm.json".into()]);
         }
-        // Complete: Firecracker, as the VM's uid, makes its sockets here.
-        nix::unistd::fchown(root.fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
+        // The root stays root's: the jailer copies Firecracker into it by path, as root, and
+        // gives it to the VM's uid itself once it has pivoted into it.
         let (stdout, stderr) = match console {
             Some(fd) => {
                 let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
@@ -226,15 +268,42 @@ impl Jails {
             )));
         }
         let pid = read_pid(&root)?;
-        let vmm = Vmm::launched(pid).map_err(|e| match e {
+        let vmm = Vmm::launched(pid, &self.exec_name()).map_err(|e| match e {
             NotOurs::Gone => Error::internal(format!(
                 "Firecracker of {} exited at once; its console log says why",
                 spec.vm
             )),
             NotOurs::Other(why) => refused(&format!("the pid file of {}", spec.vm), why),
         })?;
-        *held = Some(vmm);
-        Ok((pid, self.root(&spec.vm)))
+        self.confine(&vmm, &spec.vm);
+        Ok(vmm)
+    }
+
+    /// Puts the VMM in its VM's cgroups if it is not in them. Under load (two helpers busy at
+    /// once) a VMM was seen now and then in the root cgroup although its jailer had joined the
+    /// VM's, and once even after it was moved back: so this is best effort, said in the log;
+    /// the VMM is held by its pidfd either way.
+    fn confine(&self, vmm: &Vmm, vm: &str) {
+        let cgroup = self.cgroup_of(vm);
+        if vmm.exited() || Vmm::in_cgroup(vmm.pid, &cgroup).is_ok() {
+            return;
+        }
+        for dir in cgroup_dirs(&self.parent_cgroup(), vm) {
+            let _ = std::fs::write(dir.join("cgroup.procs"), vmm.pid.to_string());
+        }
+        if Vmm::in_cgroup(vmm.pid, &cgroup).is_err() && !vmm.exited() {
+            eprintln!(
+                "banger-helper[{}]: pid {} of {vm} is not in its cgroup {cgroup}",
+                std::process::id(),
+                vmm.pid
+            );
+        }
+    }
+
+    /// The VM's cgroup as `/proc/PID/cgroup` names it: root-made, so only what the helper
+    /// launched for this VM is in it.
+    fn cgroup_of(&self, vm: &str) -> String {
+        format!("/{}/{vm}", self.parent_cgroup())
     }
 
     /// SIGKILLs the VM's Firecracker: the one this helper launched, or, after a helper restart,
@@ -263,7 +332,11 @@ impl Jails {
         if let Some(v) = held.as_ref() {
             if v.exited() {
                 v.reap();
+                let same = v.pid == pid;
                 *held = None;
+                if same {
+                    return Ok(None);
+                }
             } else if pid != 0 && v.pid != pid {
                 let why = format!("VM {vm}'s Firecracker is pid {}", v.pid);
                 return Err(refused(&format!("to kill pid {pid}"), why));
@@ -298,7 +371,7 @@ impl Jails {
                 }
             };
             let jail_root = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
-            match Vmm::verify(pid, &jail_root) {
+            match Vmm::verify(pid, &jail_root, &self.exec_name()) {
                 Ok(v) => *held = Some(v),
                 Err(NotOurs::Gone) => return Ok(None),
                 Err(NotOurs::Other(why)) => {
@@ -393,10 +466,9 @@ impl Jails {
             vmm.reap();
         }
         **held = None;
+        self.kill_cgroup(vm)?;
         if let Some(dir) = self.vm_dir(base, vm)? {
             if let Ok(root) = dir.dir(Path::new("root")) {
-                // Back to root's alone, so the VM's uid can add nothing while it is removed.
-                let _ = nix::unistd::fchown(root.fd(), Some(Uid::from_raw(0)), Some(Gid::from_raw(0)));
                 for file in BOUND {
                     unbind(&root, file)?;
                 }
@@ -417,6 +489,26 @@ impl Jails {
         }
     }
 
+    /// Kills whatever still runs in the VM's cgroups (a VMM the helper holds no pidfd of: its pid
+    /// file was forged, or its launch failed half-way) and waits until they are gone.
+    fn kill_cgroup(&self, vm: &str) -> Result<(), Error> {
+        for dir in cgroup_dirs(&self.parent_cgroup(), vm) {
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { continue };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                // Taken by pidfd, then checked to be in this cgroup still: the pid may be reused.
+                let Ok(vmm) = Vmm::in_cgroup(pid, &self.cgroup_of(vm)) else { continue };
+                vmm.kill().map_err(|e| internal(&format!("cannot kill pid {pid} of {vm}'s cgroup"), e))?;
+                if !vmm.wait(EXIT_WAIT) {
+                    return Err(Error::internal(format!(
+                        "pid {pid} of {vm}'s cgroup did not exit after SIGKILL"
+                    )));
+                }
+                vmm.reap();
+            }
+        }
+        Ok(())
+    }
+
     /// The cgroups of the VM, and the state dir's parent cgroup with its last VM.
     fn remove_cgroups(&self, vm: &str) -> Result<(), Error> {
         for cgroup in cgroup_dirs(&self.parent_cgroup(), vm) {
@@ -425,7 +517,13 @@ impl Jails {
             }
             // A cgroup empties a moment after its last process exits; retry briefly.
             let deadline = Instant::now() + Duration::from_secs(2);
-            while cgroup.exists() && std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
+            while cgroup.exists() && std::fs::remove_dir(&cgroup).is_err() {
+                if Instant::now() > deadline {
+                    return Err(Error::internal(format!(
+                        "cannot remove {}: it is still in use",
+                        cgroup.display()
+                    )));
+                }
                 std::thread::sleep(Duration::from_millis(2));
             }
             // The state dir's parent goes with its last VM (it fails while others remain).

@@ -27,15 +27,33 @@ pub enum NotOurs {
 
 impl Vmm {
     /// Takes `pid` as the VMM this helper just launched: the jailer's child, which became the
-    /// helper's own child (the helper is a child subreaper) when the jailer exited. Right after
-    /// the launch it may not have entered its jail yet, so its parent is the proof.
-    pub fn launched(pid: u32) -> Result<Vmm, NotOurs> {
+    /// helper's own child (the helper is a child subreaper) when the jailer exited, and runs
+    /// `exec_name` (or is the jailer still, about to exec it). Right after the launch it may
+    /// not have entered its jail yet, so its parent is the proof; its cgroup is checked next.
+    pub fn launched(pid: u32, exec_name: &str) -> Result<Vmm, NotOurs> {
         let vmm = Vmm::open(pid)?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let name: String = exec_name.chars().take(15).collect();
         // One that exited already is still held: its exit is collected at clean-up.
-        if ppid != Some(std::process::id()) {
-            return Err(NotOurs::Other(format!("pid {pid} is not a process this helper launched")));
+        if ppid != Some(std::process::id()) || ![name.as_str(), "jailer"].contains(&comm.trim()) {
+            return Err(NotOurs::Other(format!("pid {pid} is not a VMM this helper launched")));
+        }
+        Ok(vmm)
+    }
+
+    /// Takes `pid` if it is in `cgroup` (as `/proc/PID/cgroup` names it), checked after its
+    /// pidfd is open.
+    pub fn in_cgroup(pid: u32, cgroup: &str) -> Result<Vmm, NotOurs> {
+        let vmm = Vmm::open(pid)?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !text.lines().any(|l| l.splitn(3, ':').nth(2) == Some(cgroup)) {
+            return Err(if vmm.exited() {
+                NotOurs::Gone
+            } else {
+                NotOurs::Other(format!("pid {pid} is not in the VM's cgroup {cgroup}"))
+            });
         }
         Ok(vmm)
     }
@@ -52,9 +70,10 @@ impl Vmm {
     }
 
     /// Takes `pid` as the VMM whose root directory is `jail_root` (the jailer pivots into it) and
-    /// whose command is `firecracker`: a VMM found again by a restarted helper. Checked after the pidfd is open, so the checks are of the
+    /// whose command is `exec_name` (Firecracker's file name): a VMM found again by a restarted
+    /// helper. Checked after the pidfd is open, so the checks are of the
     /// process the pidfd holds, not of one that took its number since.
-    pub fn verify(pid: u32, jail_root: &FileStat) -> Result<Vmm, NotOurs> {
+    pub fn verify(pid: u32, jail_root: &FileStat, exec_name: &str) -> Result<Vmm, NotOurs> {
         let vmm = Vmm::open(pid)?;
         if vmm.exited() {
             return Err(NotOurs::Gone);
@@ -65,7 +84,9 @@ impl Vmm {
         if vmm.exited() {
             return Err(NotOurs::Gone);
         }
-        if !in_jail || comm.trim() != "firecracker" {
+        // The kernel keeps 15 bytes of a command's name.
+        let name: String = exec_name.chars().take(15).collect();
+        if !in_jail || comm.trim() != name {
             return Err(NotOurs::Other(format!(
                 "pid {pid} is {:?}, not the Firecracker of this VM's jail",
                 comm.trim()
@@ -129,12 +150,13 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let jail = tempfile::tempdir().unwrap();
         let root = nix::sys::stat::stat(jail.path()).unwrap();
-        match Vmm::verify(child.id(), &root) {
+        match Vmm::verify(child.id(), &root, "firecracker") {
             Err(NotOurs::Other(why)) => assert!(why.contains("sleep"), "{why}"),
             other => panic!("{other:?}"),
         }
+        assert!(Vmm::in_cgroup(child.id(), "/banger-test/web").is_err(), "not in the VM's cgroup");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(Vmm::verify(child.id(), &root).unwrap_err(), NotOurs::Gone);
+        assert_eq!(Vmm::verify(child.id(), &root, "firecracker").unwrap_err(), NotOurs::Gone);
     }
 }

@@ -82,7 +82,17 @@ pub fn owned_file(state: &Dir, state_dir: &Path, owner: Uid, path: &str) -> Resu
     if st.st_uid != owner.as_raw() && st.st_uid != 0 {
         return Err(refuse(format!("it belongs to uid {}, not to banger's owner", st.st_uid)));
     }
+    // One link is no proof where the owner may hard-link root's files: a file linked before root
+    // replaced its original by rename has one link again.
+    if st.st_uid != owner.as_raw() && !hardlinks_protected() {
+        return Err(refuse("it belongs to root, and fs.protected_hardlinks is off".into()));
+    }
     Ok(fd)
+}
+
+/// Whether the kernel stops users from hard-linking files they do not own.
+fn hardlinks_protected() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Paths given on the command line of a root process: absolute, without `..`.
