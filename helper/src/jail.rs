@@ -38,6 +38,11 @@ pub struct Jails {
     pub jailer: PathBuf,
     pub uid: Uid,
     pub gid: Gid,
+    /// Firecracker's file name: the jailer's directory for it, and the VMM's command.
+    exec_name: String,
+    /// The cgroup all of this banger's VMs go under. VM names are only unique per state dir,
+    /// and cgroups are host-wide, so it is named for the state dir.
+    parent_cgroup: String,
     vms: Mutex<HashMap<String, Slot>>,
 }
 
@@ -55,27 +60,27 @@ const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 impl Jails {
     pub fn new(state_dir: PathBuf, firecracker: PathBuf, jailer: PathBuf, uid: Uid, gid: Gid) -> Jails {
-        Jails { state_dir, firecracker, jailer, uid, gid, vms: Mutex::new(HashMap::new()) }
-    }
-
-    fn exec_name(&self) -> String {
-        self.firecracker
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "firecracker".into())
-    }
-
-    /// The cgroup all of this banger's VMs go under. VM names are only unique per state dir,
-    /// and cgroups are host-wide, so the parent is named for the state dir.
-    fn parent_cgroup(&self) -> String {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(self.state_dir.as_os_str().as_encoded_bytes());
-        format!("banger-{}", hex::encode(&digest[..6]))
+        let exec_name = firecracker
+            .file_name()
+            .map_or_else(|| "firecracker".into(), |n| n.to_string_lossy().into_owned());
+        let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+        let parent_cgroup = format!("banger-{}", hex::encode(&digest[..6]));
+        Jails {
+            state_dir,
+            firecracker,
+            jailer,
+            uid,
+            gid,
+            exec_name,
+            parent_cgroup,
+            vms: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `<state>/jail/<exec name>/<vm>/root`, where the jailer puts it (for the daemon's paths).
     pub fn root(&self, vm: &str) -> PathBuf {
-        self.state_dir.join("jail").join(self.exec_name()).join(vm).join("root")
+        self.state_dir.join("jail").join(&self.exec_name).join(vm).join("root")
     }
 
     /// The state dir, opened for this request without following a symlink. Opened afresh each
@@ -145,7 +150,7 @@ impl Jails {
 
     /// `<jail>/<exec name>/<vm>` as a directory, if it exists.
     fn vm_dir(&self, base: &Dir, vm: &str) -> Result<Option<Dir>, Error> {
-        match base.dir(&Path::new(&self.exec_name()).join(vm)) {
+        match base.dir(&Path::new(&self.exec_name).join(vm)) {
             Ok(d) => Ok(Some(d)),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(refused(&format!("the jail of {vm}"), explain(e))),
@@ -211,7 +216,7 @@ impl Jails {
         // Directories above the root are traversable (0711, no listing): the daemon, as its
         // owner, reaches the API socket through them.
         let fail = |e: Errno| internal(&format!("cannot build the jail of {}", spec.vm), explain(e));
-        let exec = base.make_dir(&self.exec_name(), 0o711).map_err(fail)?;
+        let exec = base.make_dir(&self.exec_name, 0o711).map_err(fail)?;
         let vm_dir = exec.new_dir(&spec.vm, 0o711).map_err(fail)?;
         let root = vm_dir.new_dir("root", 0o700).map_err(fail)?;
         for dir in [&exec, &vm_dir] {
@@ -249,7 +254,7 @@ impl Jails {
             .args(["--uid", &self.uid.to_string(), "--gid", &self.gid.to_string(), "--chroot-base-dir"])
             .arg(self.state_dir.join("jail"));
         if cgroup_v2() {
-            jailer.args(cgroups_v2(spec)).args(["--parent-cgroup", &self.parent_cgroup()]);
+            jailer.args(cgroups_v2(spec)).args(["--parent-cgroup", &self.parent_cgroup]);
         } else {
             self.enter_cgroups_v1(spec, &mut jailer)?;
         }
@@ -268,7 +273,7 @@ impl Jails {
             )));
         }
         let pid = read_pid(&root)?;
-        let vmm = Vmm::launched(pid, &self.exec_name()).map_err(|e| match e {
+        let vmm = Vmm::launched(pid, &self.exec_name).map_err(|e| match e {
             NotOurs::Gone => Error::internal(format!(
                 "Firecracker of {} exited at once; its console log says why",
                 spec.vm
@@ -288,7 +293,7 @@ impl Jails {
         if vmm.exited() || Vmm::in_cgroup(vmm.pid, &cgroup).is_ok() {
             return;
         }
-        for dir in cgroup_dirs(&self.parent_cgroup(), vm) {
+        for dir in cgroup_dirs(&self.parent_cgroup, vm) {
             let _ = std::fs::write(dir.join("cgroup.procs"), vmm.pid.to_string());
         }
         if Vmm::in_cgroup(vmm.pid, &cgroup).is_err() && !vmm.exited() {
@@ -303,7 +308,7 @@ impl Jails {
     /// The VM's cgroup as `/proc/PID/cgroup` names it: root-made, so only what the helper
     /// launched for this VM is in it.
     fn cgroup_of(&self, vm: &str) -> String {
-        format!("/{}/{vm}", self.parent_cgroup())
+        format!("/{}/{vm}", self.parent_cgroup)
     }
 
     /// SIGKILLs the VM's Firecracker: the one this helper launched, or, after a helper restart,
@@ -343,55 +348,54 @@ impl Jails {
             }
         }
         if held.is_none() {
-            let dir = match base {
-                Some(base) => self.vm_dir(base, vm)?,
-                None => None,
-            };
-            let Some(dir) = dir else {
-                return if pid != 0 && Path::new(&format!("/proc/{pid}")).exists() {
-                    Err(refused(
-                        &format!("to kill pid {pid}"),
-                        format!("VM {vm} has no jail, so pid {pid} is not its VMM"),
-                    ))
-                } else {
-                    Ok(None)
-                };
-            };
-            let root = match dir.dir(Path::new("root")) {
-                Ok(r) => r,
-                Err(Errno::ENOENT) => return Ok(None),
-                Err(e) => return Err(refused(&format!("the jail of {vm}"), explain(e))),
-            };
-            let pid = if pid != 0 {
-                pid
-            } else {
-                match read_pid(&root) {
-                    Ok(p) => p,
-                    Err(_) => return Ok(None),
-                }
-            };
-            let jail_root = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
-            match Vmm::verify(pid, &jail_root, &self.exec_name()) {
-                Ok(v) => *held = Some(v),
-                Err(NotOurs::Gone) => return Ok(None),
-                Err(NotOurs::Other(why)) => {
-                    return Err(refused(&format!("to kill pid {pid} for VM {vm}"), why));
-                }
-            }
+            *held = self.adopt(base, vm, pid)?;
         }
         Ok(held.as_ref())
+    }
+
+    /// A VMM this helper holds no pidfd of (it restarted since the launch): `pid`, or the one the
+    /// jail's pid file names where no `pid` is given, once shown to live in the VM's jail. None
+    /// when there is none, or it is gone.
+    fn adopt(&self, base: Option<&Dir>, vm: &str, pid: u32) -> Result<Option<Vmm>, Error> {
+        let dir = match base {
+            Some(base) => self.vm_dir(base, vm)?,
+            None => None,
+        };
+        let Some(dir) = dir else {
+            if pid != 0 && Path::new(&format!("/proc/{pid}")).exists() {
+                let why = format!("VM {vm} has no jail, so pid {pid} is not its VMM");
+                return Err(refused(&format!("to kill pid {pid}"), why));
+            }
+            return Ok(None);
+        };
+        let root = match dir.dir(Path::new("root")) {
+            Ok(r) => r,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(refused(&format!("the jail of {vm}"), explain(e))),
+        };
+        let pid = match pid {
+            0 => match read_pid(&root) {
+                Ok(p) => p,
+                Err(_) => return Ok(None),
+            },
+            pid => pid,
+        };
+        let jail_root = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
+        match Vmm::verify(pid, &jail_root, &self.exec_name) {
+            Ok(v) => Ok(Some(v)),
+            Err(NotOurs::Gone) => Ok(None),
+            Err(NotOurs::Other(why)) => Err(refused(&format!("to kill pid {pid} for VM {vm}"), why)),
+        }
     }
 
     /// Unmounts the jails' tmpfs when no jail is left in it (a helper stopping with no VM
     /// running), so nothing of banger stays mounted; returns whether it did.
     pub fn unmount_if_idle(&self) -> bool {
         let Ok(state) = self.state() else { return false };
-        let Ok(base) = state.dir(Path::new("jail")) else { return false };
-        let tmpfs = nix::sys::statfs::fstatfs(base.fd())
-            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        let Ok(Some(base)) = self.existing_base(&state) else { return false };
         let idle =
-            base.dir(Path::new(&self.exec_name())).map_or(true, |d| d.entries().is_ok_and(|e| e.is_empty()));
-        idle && tmpfs && nix::mount::umount2(fd_path(base.fd()).as_str(), MntFlags::MNT_DETACH).is_ok()
+            base.dir(Path::new(&self.exec_name)).map_or(true, |d| d.entries().is_ok_and(|e| e.is_empty()));
+        idle && nix::mount::umount2(fd_path(base.fd()).as_str(), MntFlags::MNT_DETACH).is_ok()
     }
 
     /// cgroup v1: makes the VM's cpu and memory cgroups with their limits, and has the jailer's
@@ -402,7 +406,7 @@ impl Jails {
     fn enter_cgroups_v1(&self, spec: &LaunchSpec, jailer: &mut Command) -> Result<(), Error> {
         let (quota, memory) = limits(spec);
         let mut tasks = vec![];
-        let dirs = cgroup_dirs(&self.parent_cgroup(), &spec.vm);
+        let dirs = cgroup_dirs(&self.parent_cgroup, &spec.vm);
         for ((dir, (_, file)), value) in dirs.iter().zip(V1_LIMITS).zip([quota, memory]) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("cannot create the cgroup {}: {e}", dir.display())))?;
@@ -473,18 +477,18 @@ impl Jails {
                     unbind(&root, file)?;
                 }
             }
-            let exec =
-                base.dir(Path::new(&self.exec_name())).map_err(|e| refused("the jails", explain(e)))?;
+            let exec = base.dir(Path::new(&self.exec_name)).map_err(|e| refused("the jails", explain(e)))?;
             exec.remove_tree(vm).map_err(|e| internal(&format!("cannot remove the jail of {vm}"), e))?;
         }
         self.remove_cgroups(vm)
     }
 
     /// `<state>/jail` if it exists.
+    /// `<state>/jail` if it is the jails' tmpfs; anything else there holds no jail of the helper's.
     fn existing_base(&self, state: &Dir) -> Result<Option<Dir>, Error> {
         match state.dir(Path::new("jail")) {
-            Ok(d) => Ok(Some(d)),
-            Err(Errno::ENOENT) => Ok(None),
+            Ok(d) if self.is_jail_mount(state, &d)? => Ok(Some(d)),
+            Ok(_) | Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(refused(&format!("{}/jail", self.state_dir.display()), explain(e))),
         }
     }
@@ -492,7 +496,7 @@ impl Jails {
     /// Kills whatever still runs in the VM's cgroups (a VMM the helper holds no pidfd of: its pid
     /// file was forged, or its launch failed half-way) and waits until they are gone.
     fn kill_cgroup(&self, vm: &str) -> Result<(), Error> {
-        for dir in cgroup_dirs(&self.parent_cgroup(), vm) {
+        for dir in cgroup_dirs(&self.parent_cgroup, vm) {
             let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { continue };
             for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
                 // Taken by pidfd, then checked to be in this cgroup still: the pid may be reused.
@@ -511,7 +515,7 @@ impl Jails {
 
     /// The cgroups of the VM, and the state dir's parent cgroup with its last VM.
     fn remove_cgroups(&self, vm: &str) -> Result<(), Error> {
-        for cgroup in cgroup_dirs(&self.parent_cgroup(), vm) {
+        for cgroup in cgroup_dirs(&self.parent_cgroup, vm) {
             if !cgroup.exists() {
                 continue;
             }

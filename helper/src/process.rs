@@ -34,10 +34,9 @@ impl Vmm {
         let vmm = Vmm::open(pid)?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let name: String = exec_name.chars().take(15).collect();
+        let comm = comm(pid);
         // One that exited already is still held: its exit is collected at clean-up.
-        if ppid != Some(std::process::id()) || ![name.as_str(), "jailer"].contains(&comm.trim()) {
+        if ppid != Some(std::process::id()) || (comm != command(exec_name) && comm != "jailer") {
             return Err(NotOurs::Other(format!("pid {pid} is not a VMM this helper launched")));
         }
         Ok(vmm)
@@ -75,21 +74,16 @@ impl Vmm {
     /// process the pidfd holds, not of one that took its number since.
     pub fn verify(pid: u32, jail_root: &FileStat, exec_name: &str) -> Result<Vmm, NotOurs> {
         let vmm = Vmm::open(pid)?;
-        if vmm.exited() {
-            return Err(NotOurs::Gone);
-        }
         let root = nix::sys::stat::stat(format!("/proc/{pid}/root").as_str());
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm(pid);
         let in_jail = root.is_ok_and(|r| (r.st_dev, r.st_ino) == (jail_root.st_dev, jail_root.st_ino));
+        // Read after the reads: what they saw was this process, not one that took its pid since.
         if vmm.exited() {
             return Err(NotOurs::Gone);
         }
-        // The kernel keeps 15 bytes of a command's name.
-        let name: String = exec_name.chars().take(15).collect();
-        if !in_jail || comm.trim() != name {
+        if !in_jail || comm != command(exec_name) {
             return Err(NotOurs::Other(format!(
-                "pid {pid} is {:?}, not the Firecracker of this VM's jail",
-                comm.trim()
+                "pid {pid} is {comm:?}, not the Firecracker of this VM's jail"
             )));
         }
         Ok(vmm)
@@ -139,6 +133,16 @@ impl Vmm {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A process's command name, as the kernel keeps it.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// What the kernel keeps of a program's name as its command: 15 bytes.
+fn command(exec_name: &str) -> String {
+    exec_name.chars().take(15).collect()
 }
 
 #[cfg(test)]

@@ -375,12 +375,9 @@ impl Handler<KillFailed> for VmActor {
             return;
         }
         self.record.info.pid = None;
-        self.console = None;
-        self.record.info.spec.ip = None;
-        self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
-        self.expected_exit = false;
-        self.set(VmState::Failed(format!("its VMM could not be killed: {}", msg.error.message)));
-        self.release(Err(msg.error));
+        self.release_address();
+        let state = VmState::Failed(format!("its VMM could not be killed: {}", msg.error.message));
+        self.end(state, Err(msg.error));
     }
 }
 
@@ -401,8 +398,6 @@ impl VmActor {
     /// console's last lines. Its host resources are released while the state is written; then
     /// whoever waits for the exit is told.
     fn exited(&mut self, code: Option<i32>, lines: Option<String>) {
-        // The watch sends the VMM's last output to its followers, then ends their streams.
-        self.console = None;
         let how = match code {
             Some(c) => format!("exit code {c}"),
             None => "killed".to_string(),
@@ -411,15 +406,26 @@ impl VmActor {
         let state = match lines {
             None => VmState::Stopped,
             Some(lines) => {
-                // Its address goes back to the pool; the next start leases one again.
-                self.record.info.spec.ip = None;
-                self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
+                self.release_address();
                 VmState::Failed(format!("the VMM exited unexpectedly ({how}); last console lines:\n{lines}"))
             }
         };
+        self.end(state, Ok(()));
+    }
+
+    /// A failed VM's address goes back to the pool; the next start leases one again.
+    fn release_address(&mut self) {
+        self.record.info.spec.ip = None;
+        self.guard.failed.do_send(crate::vm_manager::VmFailed { name: self.name() });
+    }
+
+    /// The VMM is gone (or given up on): the VM takes `state`, and its host resources go.
+    fn end(&mut self, state: VmState, outcome: Result<(), Error>) {
+        // The watch sends the VMM's last output to its followers, then ends their streams.
+        self.console = None;
         self.expected_exit = false;
         self.set(state);
-        self.release(Ok(()));
+        self.release(outcome);
     }
 
     /// Releases the VM's host resources (tap, jail) while its state is written, then answers
