@@ -211,8 +211,16 @@ fn import(dir: &Path, name: &str, source: &str, input: std::fs::File) -> Result<
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)
         .map_err(|e| KernelError::Io(format!("cannot store the kernel: {e}")))?;
-    let info =
-        KernelInfo { name: name.into(), bytes: bytes.len() as u64, added_at: now(), source: source.into() };
+    let info = KernelInfo {
+        name: name.into(),
+        bytes: bytes.len() as u64,
+        added_at: now(),
+        source: source.into(),
+        release: None,
+        vmlinux: true,
+        bzimage: false,
+        initrd_bytes: None,
+    };
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
     let written = write_atomic(&staging.join("vmlinux"), &bytes)
         .and_then(|()| write_atomic(&staging.join("kernel.json"), &json))
@@ -274,6 +282,10 @@ fn remake(dir: &Path, name: &str, why: String) -> Result<(KernelInfo, String), E
         bytes: vmlinux.len(),
         added_at: added_at.map_or(0, |d| d.as_secs()),
         source: format!("unknown (kernel.json was unreadable: {why})"),
+        release: None,
+        vmlinux: true,
+        bzimage: false,
+        initrd_bytes: None,
     };
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
     write_atomic(&meta, &json)

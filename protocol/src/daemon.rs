@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::exec::{ExecEvent, ExecInput, ExecSpec};
 use crate::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
 use crate::vm::{KernelInfo, VmCreate, VmInfo};
 
@@ -79,6 +80,24 @@ pub enum Request {
     /// `ImageImport` with the same `replace` rule as `ImagePullReplacing`; the tar comes as a
     /// descriptor. Answered like `ImagePull`. Since protocol 4.
     ImageImportReplacing { name: String, size: Option<u64>, file: String, replace: bool },
+    /// Run a process in a running VM. Answered with a stream of [`Response::Exec`]: `Started`,
+    /// output, then `Exited` or `Failed` (the last one not flagged `MORE`). Meanwhile the
+    /// client may send [`Request::ExecInput`]s on the same connection; hanging up kills the
+    /// process. Waits for a booting VM's agent. Since protocol 5.
+    VmExec { name: String, spec: ExecSpec },
+    /// Stdin, a signal or a window size for the exec running on this connection; answered
+    /// with nothing (the exec's stream goes on). Outside an exec it is an error. Since
+    /// protocol 5.
+    ExecInput(ExecInput),
+    /// Copy into a VM: the client sends a tar stream as `ExecInput::Stdin` chunks, then
+    /// `CloseStdin`; it is unpacked under `path`. Answered like `VmExec`. Since protocol 5.
+    VmCopyIn { name: String, path: String },
+    /// Copy out of a VM: `path` comes back as a tar stream in `Exec` output events, then
+    /// `Exited`. Answered like `VmExec`. Since protocol 5.
+    VmCopyOut { name: String, path: String },
+    /// Wait until the VM's agent is ready (or the wait fails). Answered with [`Response::Vm`].
+    /// Since protocol 5.
+    VmWait { name: String, timeout_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +134,8 @@ pub enum Response {
     Removed(Vec<String>),
     Kernel(KernelInfo),
     Kernels(Vec<KernelInfo>),
+    /// One event of an exec or a copy. Since protocol 5.
+    Exec(ExecEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,14 +13,16 @@ use crate::error::{Error, ErrorKind};
 pub const MAGIC: [u8; 8] = *b"BANGER\x00\x01";
 
 /// The protocol versions this build speaks, oldest first.
-pub const PROTOCOL_MIN: u32 = 1;
-pub const PROTOCOL_MAX: u32 = 4;
+pub const PROTOCOL_MIN: u32 = 5;
+pub const PROTOCOL_MAX: u32 = 5;
 
 /// Which server a socket belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceKind {
     Daemon,
     Helper,
+    /// `banger-agent`, in a guest. Since protocol 5.
+    Agent,
 }
 
 impl ServiceKind {
@@ -28,6 +30,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Daemon => "bangerd",
             ServiceKind::Helper => "banger-helper",
+            ServiceKind::Agent => "banger-agent",
         }
     }
 }

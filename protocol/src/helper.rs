@@ -53,6 +53,21 @@ pub struct LaunchSpec {
     /// Firecracker's JSON configuration, written into the jail as `/vm.json` so it boots
     /// without API round trips. Its paths are inside the jail (`/vmlinux`, `/disk.ext4`).
     pub config: Option<String>,
+    /// Launch QEMU (microvm) instead of Firecracker. Since protocol 5.
+    pub qemu: Option<QemuSpec>,
+}
+
+/// What QEMU needs beyond [`LaunchSpec`]: the helper builds its command line from these
+/// fields alone (it never runs a command line the daemon wrote). `kernel` is then a bzImage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuSpec {
+    pub initrd: Option<String>,
+    pub cmdline: String,
+    /// The VM's tap (made by `CreateTap`) and its MAC.
+    pub tap: Option<String>,
+    pub mac: Option<String>,
+    /// Use KVM; otherwise TCG.
+    pub kvm: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

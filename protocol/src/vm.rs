@@ -2,7 +2,49 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::AgentReady;
 use crate::{Error, ErrorKind};
+
+/// Which virtual machine monitor runs a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmmKind {
+    /// Records written before there was a choice were Firecracker's.
+    #[default]
+    Firecracker,
+    /// QEMU's `microvm` machine: KVM where the host has hardware virtualisation, TCG otherwise.
+    Qemu,
+}
+
+impl VmmKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            VmmKind::Firecracker => "firecracker",
+            VmmKind::Qemu => "qemu",
+        }
+    }
+}
+
+impl std::str::FromStr for VmmKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "firecracker" => Ok(VmmKind::Firecracker),
+            "qemu" => Ok(VmmKind::Qemu),
+            _ => Err(format!("unknown VMM {s:?}: choose firecracker or qemu")),
+        }
+    }
+}
+
+/// The guest agent as the daemon sees it, while the VM runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    /// The guest is booting; the daemon is trying the channel.
+    Waiting,
+    Ready(AgentReady),
+    /// The agent answered once and is gone, or never answered in time: exec cannot work, but
+    /// `vm stop` and `vm kill` still do.
+    Degraded(String),
+}
 
 /// What `banger vm create` asks for; the daemon fills in host-aware defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +60,8 @@ pub struct VmCreate {
     pub network: bool,
     /// Extra kernel command-line arguments.
     pub kernel_args: Vec<String>,
+    /// The VMM; the daemon picks one for this host when absent.
+    pub vmm: Option<VmmKind>,
 }
 
 /// A VM's settled configuration.
@@ -32,6 +76,8 @@ pub struct VmSpec {
     /// The guest's address, with `network`.
     pub ip: Option<String>,
     pub mac: Option<String>,
+    #[serde(default)]
+    pub vmm: VmmKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +187,9 @@ pub struct VmInfo {
     pub started_at: Option<u64>,
     /// How the VMM last exited (`exit code 0`, `killed by SIGKILL`, …).
     pub last_exit: Option<String>,
+    /// The guest agent, while the VM runs.
+    #[serde(default)]
+    pub agent: Option<AgentState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +199,18 @@ pub struct KernelInfo {
     /// Unix seconds.
     pub added_at: u64,
     pub source: String,
+    /// The kernel's release (`6.1.0-28-cloud-amd64`), when it came from a distro package.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// An ELF `vmlinux` is kept (Firecracker boots it).
+    #[serde(default)]
+    pub vmlinux: bool,
+    /// A `bzImage` is kept (QEMU boots it).
+    #[serde(default)]
+    pub bzimage: bool,
+    /// The generated initrd's size (the agent and the modules a guest needs), if it has one.
+    #[serde(default)]
+    pub initrd_bytes: Option<u64>,
 }
 
 #[cfg(test)]

@@ -4,16 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use banger_protocol::agent::{AgentEvent, AgentReady, AgentRequest, BootTimings};
 use banger_protocol::codec::encode;
 use banger_protocol::daemon::{
     ActorState, ActorStatus, ChaosAction, Request, Response, StatusReport, VersionInfo,
 };
+use banger_protocol::exec::{ExecEvent, ExecInput, ExecSpec, ExitStatus, OutputStream, WindowSize};
 use banger_protocol::handshake::{Hello, MAGIC, ServerHello, ServiceKind};
-use banger_protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, NetworkSpec};
+use banger_protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, NetworkSpec, QemuSpec};
 use banger_protocol::image::{
     Credentials, ImageInfo, ImageSource, LayerProgress, PruneReport, PullEvent, PullRequest,
 };
-use banger_protocol::vm::{KernelInfo, VmCreate, VmInfo, VmSpec, VmState};
+use banger_protocol::vm::{AgentState, KernelInfo, VmCreate, VmInfo, VmSpec, VmState, VmmKind};
 use banger_protocol::{Error, ErrorKind};
 
 fn hex(bytes: &[u8]) -> String {
@@ -148,6 +150,18 @@ fn encoded_samples_match_snapshot() {
         kernel_args: vec!["quiet".into()],
         ip: Some("172.30.0.5".into()),
         mac: Some("06:01:02:03:04:05".into()),
+        vmm: VmmKind::Qemu,
+    };
+    let ready = AgentReady {
+        software: "banger-agent 1.2.3".into(),
+        hostname: "web".into(),
+        timings: BootTimings {
+            init_us: 900_000,
+            modules_us: Some(1_200_000),
+            root_us: Some(1_300_000),
+            listening_us: 1_350_000,
+            ready_us: 1_400_000,
+        },
     };
     let vm = VmInfo {
         name: "web".into(),
@@ -157,6 +171,7 @@ fn encoded_samples_match_snapshot() {
         created_at: 1_800_000_000,
         started_at: None,
         last_exit: Some("killed".into()),
+        agent: Some(AgentState::Ready(ready.clone())),
     };
     let create = VmCreate {
         name: "web".into(),
@@ -167,6 +182,7 @@ fn encoded_samples_match_snapshot() {
         disk_bytes: Some(1 << 30),
         network: true,
         kernel_args: vec![],
+        vmm: Some(VmmKind::Firecracker),
     };
     for r in [
         Request::VmCreate(create),
@@ -196,8 +212,66 @@ fn encoded_samples_match_snapshot() {
     ] {
         out += &line(&r);
     }
-    let kernel =
-        KernelInfo { name: "default".into(), bytes: 5000, added_at: 1_800_000_000, source: "vmlinux".into() };
+    let kernel = KernelInfo {
+        name: "default".into(),
+        bytes: 5000,
+        added_at: 1_800_000_000,
+        source: "vmlinux".into(),
+        release: Some("6.1.0-28-cloud-amd64".into()),
+        vmlinux: true,
+        bzimage: true,
+        initrd_bytes: Some(900_000),
+    };
+    let spec = ExecSpec {
+        argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: Some("/tmp".into()),
+        user: Some("1000:1000".into()),
+        tty: Some(WindowSize { rows: 24, cols: 80 }),
+        stdin: true,
+    };
+    for r in [
+        Request::VmExec { name: "web".into(), spec: spec.clone() },
+        Request::ExecInput(ExecInput::Stdin(b"ls\n".to_vec())),
+        Request::ExecInput(ExecInput::CloseStdin),
+        Request::ExecInput(ExecInput::Signal(2)),
+        Request::ExecInput(ExecInput::Resize(WindowSize { rows: 50, cols: 132 })),
+        Request::VmCopyIn { name: "web".into(), path: "/srv".into() },
+        Request::VmCopyOut { name: "web".into(), path: "/etc".into() },
+        Request::VmWait { name: "web".into(), timeout_ms: 30_000 },
+    ] {
+        out += &line(&r);
+    }
+    for r in [
+        Response::Exec(ExecEvent::Started { pid: 7 }),
+        Response::Exec(ExecEvent::Output { stream: OutputStream::Stderr, data: b"x".to_vec() }),
+        Response::Exec(ExecEvent::Exited(ExitStatus::Signal(9))),
+        Response::Exec(ExecEvent::Failed { code: 127, message: "nope: not found".into() }),
+    ] {
+        out += &line(&r);
+    }
+    for r in [
+        AgentRequest::Sync { unix_time_ns: 1_800_000_000_000_000_000, seed: vec![9; 4] },
+        AgentRequest::Exec { id: 1, spec },
+        AgentRequest::Input { id: 1, input: ExecInput::CloseStdin },
+        AgentRequest::OutputAck { id: 1, bytes: 65_536 },
+        AgentRequest::CopyIn { id: 2, path: "/srv".into() },
+        AgentRequest::CopyOut { id: 3, path: "/etc".into() },
+        AgentRequest::Ping { nonce: 5 },
+        AgentRequest::PowerOff,
+    ] {
+        out += &line(&r);
+    }
+    for r in [
+        AgentEvent::Ready(ready),
+        AgentEvent::Exec { id: 1, event: ExecEvent::Exited(ExitStatus::Code(7)) },
+        AgentEvent::StdinAck { id: 1, bytes: 4096 },
+        AgentEvent::Pong { nonce: 5 },
+        AgentEvent::Ok,
+        AgentEvent::Error { id: Some(1), error: error.clone() },
+    ] {
+        out += &line(&r);
+    }
     for r in [
         Response::Vm(vm.clone()),
         Response::Vms(vec![vm]),
@@ -221,6 +295,22 @@ fn encoded_samples_match_snapshot() {
             cpus: 1,
             memory_mib: 128,
             config: Some("{}".into()),
+            qemu: None,
+        }),
+        HelperRequest::LaunchVm(LaunchSpec {
+            vm: "web".into(),
+            kernel: "/bz".into(),
+            disk: Some("/d".into()),
+            cpus: 1,
+            memory_mib: 256,
+            config: None,
+            qemu: Some(QemuSpec {
+                initrd: Some("/i".into()),
+                cmdline: "console=ttyS0".into(),
+                tap: Some("bgt0".into()),
+                mac: Some("06:00:00:00:00:01".into()),
+                kvm: false,
+            }),
         }),
         HelperRequest::KillVm { vm: "web".into(), pid: 42 },
         HelperRequest::CleanJail { vm: "web".into() },

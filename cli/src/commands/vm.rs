@@ -59,6 +59,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
                 disk_bytes: disk,
                 network: !no_net,
                 kernel_args,
+                vmm: None,
             };
             let v = vm(&mut c, &socket, Request::VmCreate(create)).await?;
             show(out, &v, spec_line(&v));

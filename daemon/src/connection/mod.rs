@@ -299,6 +299,11 @@ async fn route(
         Request::KernelList => one(p.kernels().ask(ListKernels).await, Response::Kernels),
         Request::KernelRemove { name } => one(p.vms().ask(RemoveKernel(name)).await, |()| Response::Ok),
         Request::SystemUninstall => one(p.vms().ask(Uninstall).await, Response::Removed),
+        Request::VmExec { .. }
+        | Request::ExecInput(_)
+        | Request::VmCopyIn { .. }
+        | Request::VmCopyOut { .. }
+        | Request::VmWait { .. } => reply(Response::Error(Error::new(ErrorKind::Unavailable, "not yet"))),
     };
     match reply {
         Reply::One(response) => chan.send(&response, false).await,

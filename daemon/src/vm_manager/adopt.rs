@@ -70,6 +70,7 @@ fn damaged(name: &str, paths: &Paths, why: String) -> Record {
         kernel_args: vec![],
         ip: None,
         mac: None,
+        vmm: Default::default(),
     };
     let info = VmInfo {
         name: name.to_string(),
@@ -79,6 +80,7 @@ fn damaged(name: &str, paths: &Paths, why: String) -> Record {
         created_at: 0,
         started_at: None,
         last_exit: None,
+        agent: None,
     };
     Record { info, running: None }
 }

@@ -137,11 +137,13 @@ impl Handler<CreateVm> for VmManager {
                     kernel_args: req.kernel_args.clone(),
                     ip: lease.as_ref().map(|l| l.ip.to_string()),
                     mac: lease.as_ref().map(|l| l.mac.clone()),
+                    vmm: req.vmm.unwrap_or_default(),
                 },
                 pid: None,
                 created_at: now(),
                 started_at: None,
                 last_exit: None,
+                agent: None,
             };
             let record = Record { info, running: None };
             let (p, r) = (paths.clone(), record.clone());

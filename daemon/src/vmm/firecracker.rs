@@ -59,6 +59,7 @@ impl Firecracker {
             cpus: boot.cpus,
             memory_mib: boot.memory_mib,
             config: Some(config(boot, tap).to_string()),
+            qemu: None,
         };
         let (pid, root) = match self.helper(HelperRequest::LaunchVm(spec), Some(console)).await? {
             HelperResponse::Launched { pid, jail_root } => (pid, PathBuf::from(jail_root)),
