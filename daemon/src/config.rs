@@ -48,6 +48,10 @@ pub struct Args {
     /// Refuse an image whose uncompressed content exceeds this many bytes (default 64 GiB).
     #[arg(long)]
     pub max_image_bytes: Option<u64>,
+    /// The VMM a VM gets when it does not choose: firecracker or qemu (default: Firecracker
+    /// on hardware KVM, QEMU where KVM is missing or software-only).
+    #[arg(long, env = "BANGER_VMM")]
+    pub vmm: Option<protocol::vm::VmmKind>,
     /// A settings file (TOML; see docs/config.md). Default: `bangerd.toml` in the state dir
     /// (`/etc/banger/bangerd.toml` for the system service). Flags win over it.
     #[arg(long)]
@@ -83,6 +87,8 @@ pub struct Config {
     /// VM defaults the settings file gives (the host's own fill the gaps).
     pub vm_defaults: VmDefaults,
     pub connections: Connections,
+    /// The VMM for VMs that do not choose; `None`: probed.
+    pub vmm: Option<protocol::vm::VmmKind>,
 }
 
 /// How long clients may hold the daemon's connections.
@@ -118,6 +124,7 @@ impl Config {
             subnet: Some((std::net::Ipv4Addr::new(10, 250, 250, 0), 24)),
             vm_defaults: VmDefaults::default(),
             connections: Connections::default(),
+            vmm: None,
         }
     }
 }
@@ -246,6 +253,7 @@ impl Config {
             },
             vm_defaults: file.vm,
             connections: file.connections.resolve()?,
+            vmm: args.vmm,
         })
     }
 }
