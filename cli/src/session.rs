@@ -115,3 +115,81 @@ impl Ending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use protocol::channel::server_handshake;
+    use protocol::exec::{ExecSpec, ExitStatus, OutputStream};
+    use protocol::handshake::{Hello, ServiceKind};
+    use tokio_seqpacket::UnixSeqpacketListener;
+
+    use super::*;
+
+    /// A daemon that echoes an exec's stdin as output while it streams, as bangerd relays an
+    /// agent's: input and output cross on one connection.
+    async fn fake_daemon(mut listener: UnixSeqpacketListener) {
+        let mut chan = Channel::new(listener.accept().await.unwrap());
+        server_handshake(&mut chan, &Hello::new(ServiceKind::Daemon, "fake"), Ok(())).await.unwrap();
+        let (request, _): (Request, bool) = chan.recv().await.unwrap().unwrap();
+        assert!(matches!(request, Request::VmExec { ref name, .. } if name == "web"), "{request:?}");
+        chan.send(&Response::Exec(ExecEvent::Started { pid: 7 }), true).await.unwrap();
+        loop {
+            let (request, _): (Request, bool) = chan.recv().await.unwrap().unwrap();
+            match request {
+                Request::ExecInput(ExecInput::Stdin(data)) => {
+                    let event = ExecEvent::Output { stream: OutputStream::Stdout, data };
+                    chan.send(&Response::Exec(event), true).await.unwrap();
+                }
+                Request::ExecInput(ExecInput::Signal(n)) => {
+                    let event = ExecEvent::Output {
+                        stream: OutputStream::Stderr,
+                        data: format!("signal {n}").into(),
+                    };
+                    chan.send(&Response::Exec(event), true).await.unwrap();
+                }
+                Request::ExecInput(ExecInput::CloseStdin) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        chan.send(&Response::Exec(ExecEvent::Exited(ExitStatus::Signal(9))), false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn input_is_sent_while_output_streams_on_one_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let daemon = tokio::spawn(fake_daemon(UnixSeqpacketListener::bind(&path).unwrap()));
+        let spec =
+            ExecSpec { argv: vec!["cat".into()], env: vec![], cwd: None, user: None, tty: None, stdin: true };
+        let mut session = Session::open(&path, &Request::VmExec { name: "web".into(), spec }).await.unwrap();
+        assert_eq!(session.next().await.unwrap(), Some(ExecEvent::Started { pid: 7 }));
+        let input = session.input();
+        let mut echoed = Vec::new();
+        for chunk in [&b"one"[..], b"two", &vec![b'x'; STDIN_CHUNK]] {
+            input.send(ExecInput::Stdin(chunk.to_vec())).await.unwrap();
+            match session.next().await.unwrap() {
+                Some(ExecEvent::Output { stream: OutputStream::Stdout, data }) => echoed.push(data),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(echoed[..2], [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(echoed[2].len(), STDIN_CHUNK);
+        input.send(ExecInput::Signal(libc::SIGINT)).await.unwrap();
+        assert!(matches!(
+            session.next().await.unwrap(),
+            Some(ExecEvent::Output { stream: OutputStream::Stderr, .. })
+        ));
+        input.send(ExecInput::CloseStdin).await.unwrap();
+        assert_eq!(session.next().await.unwrap(), Some(ExecEvent::Exited(ExitStatus::Signal(9))));
+        assert_eq!(session.next().await.unwrap(), None, "nothing after the last event");
+        daemon.await.unwrap();
+    }
+
+    #[test]
+    fn endings_give_the_shells_codes() {
+        assert_eq!(Ending::Exited(ExitStatus::Signal(15).code()).report(), 143);
+        assert_eq!(Ending::Failed { code: 127, message: "nosuch: not found".into() }.report(), 127);
+    }
+}
