@@ -41,8 +41,8 @@ pub fn pack<W: Write>(src: &Path, out: W) -> std::io::Result<W> {
 pub enum UnpackError {
     #[error("the VM sent an unsafe entry {0:?} (absolute, or with ..); nothing was written for it")]
     Unsafe(String),
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {why}")]
+    Write { path: String, why: String },
     #[error("the VM sent a bad tar stream: {0}")]
     Stream(std::io::Error),
 }
@@ -53,6 +53,18 @@ pub struct Unpacked {
     pub entries: u64,
     /// Device nodes the guest sent; never made on the host.
     pub skipped_devices: Vec<String>,
+}
+
+/// An error with its causes: the tar crate's own message names the file but keeps the
+/// reason (a full disk, a bad field) in its source.
+fn describe(e: &std::io::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// A relative path with no `..`, root or prefix.
@@ -66,7 +78,7 @@ fn is_safe(path: &Path) -> bool {
 /// makes no device nodes.
 pub fn unpack_untrusted<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackError> {
     let shown = |p: &Path| p.display().to_string();
-    std::fs::create_dir_all(dest).map_err(|source| UnpackError::Write { path: shown(dest), source })?;
+    std::fs::create_dir_all(dest).map_err(|e| UnpackError::Write { path: shown(dest), why: describe(&e) })?;
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(false);
     archive.set_preserve_mtime(true);
@@ -99,14 +111,13 @@ pub fn unpack_untrusted<R: Read>(input: R, dest: &Path) -> Result<Unpacked, Unpa
             Ok(true) => done.entries += 1,
             // The tar crate's own refusal of a path it finds unsafe.
             Ok(false) => return Err(UnpackError::Unsafe(name)),
-            Err(source)
-                if source.kind() == std::io::ErrorKind::Other && source.to_string().contains("outside") =>
-            {
+            // Its refusal to write through a symlink that leads out of `dest`.
+            Err(e) if describe(&e).contains("outside of destination") => {
                 return Err(UnpackError::Unsafe(format!(
                     "{name} (through a symlink out of the destination)"
                 )));
             }
-            Err(source) => return Err(UnpackError::Write { path: name, source }),
+            Err(e) => return Err(UnpackError::Write { path: name, why: describe(&e) }),
         }
     }
     Ok(done)

@@ -177,6 +177,8 @@ enum Sink {
         dest: PathBuf,
     },
     Stdout,
+    /// The archive ended (its end marker was read); what follows is its record's padding.
+    Drained,
 }
 
 async fn copy_out(mut session: Session, to: Location, bar: ProgressBar) -> Result<(Ending, u64), Error> {
@@ -211,14 +213,13 @@ async fn copy_out(mut session: Session, to: Location, bar: ProgressBar) -> Resul
                         })?;
                     }
                     Sink::Tree { chunks, .. } => {
-                        // A closed queue means the unpacker stopped: its verdict says why.
+                        // A closed queue means the unpacker stopped: at the archive's end
+                        // (the rest is padding), or on a fault, which ends the copy.
                         if chunks.send(data).await.is_err() {
-                            return Err(unpacked(sink)
-                                .await
-                                .err()
-                                .unwrap_or_else(|| Error::internal("the unpacker stopped early")));
+                            unpacked(std::mem::replace(&mut sink, Sink::Drained)).await?;
                         }
                     }
+                    Sink::Drained => {}
                 }
             }
             Some(ExecEvent::Output { stream: OutputStream::Stderr, data }) => {
@@ -260,5 +261,137 @@ async fn unpacked(sink: Sink) -> Result<(), Error> {
                 .with_hint("what was unpacked before the fault is left in place"))
         }
         Err(_) => Err(Error::internal("the unpacker stopped without a word")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use protocol::channel::{Channel, server_handshake};
+    use protocol::daemon::Response;
+    use protocol::exec::ExitStatus;
+    use protocol::handshake::{Hello, ServiceKind};
+    use tokio_seqpacket::UnixSeqpacketListener;
+
+    use super::*;
+
+    /// A daemon that answers one copy: it hands the connection, after the request, to `serve`.
+    async fn daemon_for_one<F, Fut>(dir: &std::path::Path, serve: F) -> (PathBuf, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(Channel, Request) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let path = dir.join("d.sock");
+        let mut listener = UnixSeqpacketListener::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            let mut chan = Channel::new(listener.accept().await.unwrap());
+            server_handshake(&mut chan, &Hello::new(ServiceKind::Daemon, "fake"), Ok(())).await.unwrap();
+            let (request, _): (Request, bool) = chan.recv().await.unwrap().unwrap();
+            serve(chan, request).await;
+        });
+        (path, task)
+    }
+
+    async fn send_tar(chan: &Channel, tar: &[u8]) {
+        chan.send(&Response::Exec(ExecEvent::Started { pid: 1 }), true).await.unwrap();
+        for chunk in tar.chunks(1000) {
+            let event = ExecEvent::Output { stream: OutputStream::Stdout, data: chunk.to_vec() };
+            chan.send(&Response::Exec(event), true).await.unwrap();
+        }
+        chan.send(&Response::Exec(ExecEvent::Exited(ExitStatus::Code(0))), false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn copy_out_unpacks_a_stream_with_padding_after_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o640);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "f/data", &b"hello"[..]).unwrap();
+        let mut tar = b.into_inner().unwrap();
+        tar.extend(vec![0u8; 20 * 1024]);
+        let (socket, daemon) = daemon_for_one(dir.path(), move |chan, request| async move {
+            assert_eq!(request, Request::VmCopyOut { name: "web".into(), path: "/f".into() });
+            send_tar(&chan, &tar).await;
+        })
+        .await;
+        let request = Request::VmCopyOut { name: "web".into(), path: "/f".into() };
+        let session = Session::open(&socket, &request).await.unwrap();
+        let dest = dir.path().join("out");
+        let (ending, bytes) =
+            copy_out(session, Location::Local(dest.clone()), ProgressBar::hidden()).await.unwrap();
+        assert_eq!(ending, Ending::Exited(0));
+        assert!(bytes > 20 * 1024);
+        assert_eq!(std::fs::read(dest.join("f/data")).unwrap(), b"hello");
+        daemon.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn copy_out_of_a_hostile_stream_fails_and_writes_nothing_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"../x\0");
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &b"pwned"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let (socket, daemon) = daemon_for_one(dir.path(), move |chan, _| async move {
+            // The client may hang up mid-stream; that is its right.
+            chan.send(&Response::Exec(ExecEvent::Started { pid: 1 }), true).await.unwrap();
+            let event = ExecEvent::Output { stream: OutputStream::Stdout, data: tar };
+            let _ = chan.send(&Response::Exec(event), true).await;
+            let _ = chan.send(&Response::Exec(ExecEvent::Exited(ExitStatus::Code(0))), false).await;
+        })
+        .await;
+        let request = Request::VmCopyOut { name: "web".into(), path: "/x".into() };
+        let session = Session::open(&socket, &request).await.unwrap();
+        let dest = dir.path().join("out");
+        let err = copy_out(session, Location::Local(dest), ProgressBar::hidden()).await.unwrap_err();
+        assert!(err.message.contains("unsafe entry"), "{err}");
+        assert!(!dir.path().join("x").exists());
+        daemon.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn copy_in_sends_a_whole_archive_in_bounded_chunks_then_closes_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("site");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("big"), vec![3u8; 100 * 1024]).unwrap();
+        let got = dir.path().join("guest");
+        let guest = got.clone();
+        let (socket, daemon) = daemon_for_one(dir.path(), move |mut chan, request| async move {
+            assert_eq!(request, Request::VmCopyIn { name: "web".into(), path: "/srv".into() });
+            chan.send(&Response::Exec(ExecEvent::Started { pid: 1 }), true).await.unwrap();
+            let mut tar = Vec::new();
+            loop {
+                match chan.recv::<Request>().await.unwrap().unwrap().0 {
+                    Request::ExecInput(ExecInput::Stdin(data)) => {
+                        assert!(data.len() <= STDIN_CHUNK);
+                        tar.extend(data);
+                    }
+                    Request::ExecInput(ExecInput::CloseStdin) => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            archive::unpack_untrusted(&tar[..], &guest).unwrap();
+            chan.send(&Response::Exec(ExecEvent::Exited(ExitStatus::Code(0))), false).await.unwrap();
+        })
+        .await;
+        let request = Request::VmCopyIn { name: "web".into(), path: "/srv".into() };
+        let session = Session::open(&socket, &request).await.unwrap();
+        let (ending, bytes) = copy_in(session, Location::Local(src), ProgressBar::hidden()).await.unwrap();
+        assert_eq!(ending, Ending::Exited(0));
+        assert!(bytes >= 100 * 1024);
+        assert_eq!(std::fs::read(got.join("site/big")).unwrap().len(), 100 * 1024);
+        daemon.await.unwrap();
     }
 }
