@@ -25,8 +25,9 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<i32, Error> {
     check_tty(&args.opts)?;
     let spec = spec(args.command, &[], &args.opts, None, None);
     let request = Request::VmExec { name: args.name, spec };
+    let signals = Signals::watch()?;
     let session = Session::open(&global.socket(), &request).await?;
-    Ok(stream(session, &args.opts).await?.report())
+    Ok(stream(session, signals, &args.opts).await?.report())
 }
 
 /// `-t` needs a terminal to take keys from, as docker says.
@@ -57,8 +58,29 @@ pub fn spec(
     }
 }
 
+/// The signals an exec passes on, watched from before the exec starts: one that arrives while
+/// it starts is passed on too, rather than killing `banger` with its default action.
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    winch: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn watch() -> Result<Signals, Error> {
+        let signal_err = |e: std::io::Error| Error::internal(format!("cannot watch signals: {e}"));
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).map_err(signal_err)?,
+            terminate: signal(SignalKind::terminate()).map_err(signal_err)?,
+            hangup: signal(SignalKind::hangup()).map_err(signal_err)?,
+            winch: signal(SignalKind::window_change()).map_err(signal_err)?,
+        })
+    }
+}
+
 /// Streams an exec until it ends. The terminal is raw (with `-it`) only inside this call.
-pub async fn stream(mut session: Session, opts: &ExecOpts) -> Result<Ending, Error> {
+pub async fn stream(mut session: Session, signals: Signals, opts: &ExecOpts) -> Result<Ending, Error> {
     let _raw = if opts.tty && opts.interactive {
         Some(
             tty::RawMode::enable()
@@ -70,11 +92,7 @@ pub async fn stream(mut session: Session, opts: &ExecOpts) -> Result<Ending, Err
     if opts.interactive {
         read_stdin(session.input());
     }
-    let signal_err = |e: std::io::Error| Error::internal(format!("cannot watch signals: {e}"));
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
-    let mut winch = signal(SignalKind::window_change()).map_err(signal_err)?;
+    let Signals { mut interrupt, mut terminate, mut hangup, mut winch } = signals;
     let input = session.input();
     let mut last_interrupt: Option<Instant> = None;
     loop {

@@ -98,8 +98,9 @@ async fn boot_and_run(
     }
     let spec = exec::spec(argv, &image.env, &args.opts, Some(&image.workdir), Some(&image.user));
     let started = Instant::now();
+    let signals = exec::Signals::watch()?;
     let session = Session::open(socket, &Request::VmExec { name, spec }).await?;
-    let ending = exec::stream(session, &args.opts).await?;
+    let ending = exec::stream(session, signals, &args.opts).await?;
     timings.exec = Some(started.elapsed());
     Ok(ending.report())
 }
