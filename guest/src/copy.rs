@@ -61,10 +61,23 @@ fn unpack(input: impl Read, dest: &Path) -> Result<(), String> {
     let mut dirs = Vec::new();
     for entry in archive.entries().map_err(|e| format!("not a tar stream: {e}"))? {
         let mut entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
-        let is_dir = entry.header().entry_type().is_dir();
+        let kind = entry.header().entry_type();
+        let is_dir = kind.is_dir();
         let mtime = entry.header().mtime().ok();
+        let mode = entry.header().mode().ok();
         let name = entry.path().map(|p| p.into_owned()).map_err(|e| format!("bad tar entry name: {e}"))?;
-        entry.unpack_in(dest).map_err(|e| format!("cannot unpack {}: {e}", name.display()))?;
+        let unpacked =
+            entry.unpack_in(dest).map_err(|e| format!("cannot unpack {}: {e}", name.display()))?;
+        // Changing the owner clears set-id bits: the mode goes on again, last.
+        if let (true, Some(mode), false) = (unpacked, mode, kind.is_symlink() || kind.is_hard_link()) {
+            let mode = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
+            let _ = nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                &dest.join(&name),
+                mode,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            );
+        }
         if let (true, Some(mtime)) = (is_dir, mtime) {
             dirs.push((dest.join(&name), mtime));
         }
