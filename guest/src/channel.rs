@@ -166,7 +166,8 @@ impl Conn {
             if give_up() {
                 return Err(io::ErrorKind::Interrupted.into());
             }
-            match nix::sys::socket::send(self.fd.as_raw_fd(), bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
+            match nix::sys::socket::send(self.fd.as_raw_fd(), bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+            {
                 Err(Errno::ENOTSOCK) => match nix::unistd::write(&*self.fd, bytes) {
                     Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
                     Err(Errno::EAGAIN | Errno::EINTR) => self.wait_writable()?,
@@ -207,4 +208,3 @@ impl Conn {
         Ok(())
     }
 }
-

@@ -12,7 +12,11 @@ use protocol::exec::{ExitStatus, OutputStream};
 use crate::exec::{self, Ctx, Io, Outcome, Shared, Started};
 use crate::spawn::SpawnError;
 
-fn worker(name: &str, f: impl FnOnce() -> Result<(), String> + Send + 'static, shared: &Arc<Shared>) -> Result<(), SpawnError> {
+fn worker(
+    name: &str,
+    f: impl FnOnce() -> Result<(), String> + Send + 'static,
+    shared: &Arc<Shared>,
+) -> Result<(), SpawnError> {
     let s = shared.clone();
     std::thread::Builder::new()
         .name(name.into())
@@ -43,7 +47,11 @@ pub fn copy_out(ctx: &Ctx, id: u32, path: String) {
         let (r, w) = exec::pipe()?;
         let src = PathBuf::from(&path);
         worker("copy-out", move || pack(&src, File::from(w)), shared)?;
-        Ok(Started { pid: None, io: Io { outputs: vec![(r, OutputStream::Stdout)], stdin: None, stdin_is_tty: false }, tty: None })
+        Ok(Started {
+            pid: None,
+            io: Io { outputs: vec![(r, OutputStream::Stdout)], stdin: None, stdin_is_tty: false },
+            tty: None,
+        })
     });
 }
 
@@ -66,8 +74,7 @@ fn unpack(input: impl Read, dest: &Path) -> Result<(), String> {
         let mtime = entry.header().mtime().ok();
         let mode = entry.header().mode().ok();
         let name = entry.path().map(|p| p.into_owned()).map_err(|e| format!("bad tar entry name: {e}"))?;
-        let unpacked =
-            entry.unpack_in(dest).map_err(|e| format!("cannot unpack {}: {e}", name.display()))?;
+        let unpacked = entry.unpack_in(dest).map_err(|e| format!("cannot unpack {}: {e}", name.display()))?;
         // Changing the owner clears set-id bits: the mode goes on again, last.
         if let (true, Some(mode), false) = (unpacked, mode, kind.is_symlink() || kind.is_hard_link()) {
             let mode = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
@@ -106,7 +113,9 @@ fn pack(src: &Path, out: impl Write) -> Result<(), String> {
     } else {
         builder.append_path_with_name(src, &name)
     };
-    result.and_then(|()| builder.into_inner().map(drop)).map_err(|e| format!("cannot read {}: {e}", src.display()))
+    result
+        .and_then(|()| builder.into_inner().map(drop))
+        .map_err(|e| format!("cannot read {}: {e}", src.display()))
 }
 
 #[cfg(test)]
@@ -125,8 +134,14 @@ mod tests {
         std::os::unix::fs::symlink("sub/f", tree.join("link")).unwrap();
         let t = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
         for p in [tree.join("sub/f"), tree.join("sub")] {
-            nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-                .unwrap();
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &p,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
         }
         let mut tar = Vec::new();
         pack(&tree, &mut tar).unwrap();

@@ -140,7 +140,9 @@ pub fn begin(
         return ctx.outbox.send(&error(id, format!("exec id {id} is already in use")));
     }
     if table.len() >= MAX_EXECS {
-        return ctx.outbox.send(&error(id, format!("too many execs at once (at most {MAX_EXECS} per session)")));
+        return ctx
+            .outbox
+            .send(&error(id, format!("too many execs at once (at most {MAX_EXECS} per session)")));
     }
     let (shared, wake) = match Shared::new() {
         Ok(s) => s,
@@ -166,7 +168,10 @@ pub fn begin(
             let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
         }
         lock(&ctx.execs).remove(&id);
-        ctx.outbox.send(&event(id, ExecEvent::Failed { code: 126, message: format!("cannot start a thread: {e}") }));
+        ctx.outbox.send(&event(
+            id,
+            ExecEvent::Failed { code: 126, message: format!("cannot start a thread: {e}") },
+        ));
     }
 }
 
@@ -174,15 +179,20 @@ pub fn begin(
 pub fn start(ctx: &Ctx, id: u32, spec: &ExecSpec) {
     begin(ctx, id, spec.stdin, |shared| {
         let identity = match &spec.user {
-            Some(u) => Some((u.clone(), crate::users::resolve(std::path::Path::new("/"), Some(u)).map_err(SpawnError::cannot_run)?)),
+            Some(u) => Some((
+                u.clone(),
+                crate::users::resolve(std::path::Path::new("/"), Some(u)).map_err(SpawnError::cannot_run)?,
+            )),
             None => None,
         };
         let prepared = Prepared::new(spec, identity, ctx.guest)?;
         let (child, io, tty) = match spec.tty {
             Some(size) => {
-                let (master, slave) = open_pty(size).map_err(|e| SpawnError::cannot_run(format!("cannot open a terminal: {e}")))?;
+                let (master, slave) = open_pty(size)
+                    .map_err(|e| SpawnError::cannot_run(format!("cannot open a terminal: {e}")))?;
                 let stdin = if spec.stdin { Some(dup(&master)?) } else { None };
-                let io = Io { outputs: vec![(dup(&master)?, OutputStream::Stdout)], stdin, stdin_is_tty: true };
+                let io =
+                    Io { outputs: vec![(dup(&master)?, OutputStream::Stdout)], stdin, stdin_is_tty: true };
                 (ChildStdio::Tty(slave), io, Some(Arc::new(master)))
             }
             None => {
@@ -198,13 +208,15 @@ pub fn start(ctx: &Ctx, id: u32, spec: &ExecSpec) {
             }
         };
         let s = shared.clone();
-        let pid = prepared.spawn(&ctx.reaper, child, Box::new(move |status| s.finish(Outcome::Exited(status))))?;
+        let pid =
+            prepared.spawn(&ctx.reaper, child, Box::new(move |status| s.finish(Outcome::Exited(status))))?;
         Ok(Started { pid: Some(pid), io, tty })
     });
 }
 
 pub fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::cannot_run(format!("cannot create a pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError::cannot_run(format!("cannot create a pipe: {e}")))
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
@@ -214,15 +226,21 @@ fn dup(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
 /// A new pseudo-terminal of `size`: (master, slave), both close-on-exec.
 fn open_pty(size: WindowSize) -> std::io::Result<(OwnedFd, OwnedFd)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let master: OwnedFd =
-        std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open("/dev/ptmx")?.into();
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/ptmx")?
+        .into();
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int we own, on a ptmx descriptor we own.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor.
-    let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let slave = unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+    };
     if slave < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -252,7 +270,9 @@ pub fn input(ctx: &Ctx, id: u32, input: ExecInput) {
         return;
     };
     let refused = match input {
-        ExecInput::Stdin(data) if !has_stdin => Some(format!("exec {id} was started without stdin ({} bytes dropped)", data.len())),
+        ExecInput::Stdin(data) if !has_stdin => {
+            Some(format!("exec {id} was started without stdin ({} bytes dropped)", data.len()))
+        }
         ExecInput::Stdin(data) => shared.with(|s| {
             let len = data.len() as u64;
             if s.stdin_closed {
@@ -329,8 +349,11 @@ struct Output {
 
 /// The exec's thread.
 fn run(ctx: &Ctx, id: u32, shared: &Arc<Shared>, wake: &OwnedFd, io: Io) {
-    let mut outputs: Vec<Output> =
-        io.outputs.into_iter().map(|(fd, stream)| Output { fd: Some(fd), stream, drained: 0, idle: false }).collect();
+    let mut outputs: Vec<Output> = io
+        .outputs
+        .into_iter()
+        .map(|(fd, stream)| Output { fd: Some(fd), stream, drained: 0, idle: false })
+        .collect();
     let mut stdin = io.stdin;
     for fd in outputs.iter().filter_map(|o| o.fd.as_ref()).chain(stdin.as_ref()) {
         set_nonblocking(fd);
@@ -350,18 +373,18 @@ fn run(ctx: &Ctx, id: u32, shared: &Arc<Shared>, wake: &OwnedFd, io: Io) {
         if cancelled {
             break (None, true);
         }
-        if ended.is_some() || (pending.is_empty() && close_stdin) {
-            if let Some(fd) = stdin.take() {
-                if io.stdin_is_tty && ended.is_none() {
-                    let _ = nix::unistd::write(&fd, &[4]); // ^D: end-of-file on a terminal
-                }
-            }
+        if (ended.is_some() || (pending.is_empty() && close_stdin))
+            && let Some(fd) = stdin.take()
+            && io.stdin_is_tty
+            && ended.is_none()
+        {
+            let _ = nix::unistd::write(&fd, &[4]); // ^D: end-of-file on a terminal
         }
         if let Some(at) = ended {
             let past_grace = at.elapsed() >= GRACE;
-            let done = outputs.iter().all(|o| {
-                o.fd.is_none() || (past_grace && (o.idle || o.drained >= PIPE_CAPACITY))
-            });
+            let done = outputs
+                .iter()
+                .all(|o| o.fd.is_none() || (past_grace && (o.idle || o.drained >= PIPE_CAPACITY)));
             if done {
                 break (lock(&shared.state).outcome.take().map(|(o, _)| o), false);
             }
@@ -432,21 +455,21 @@ fn run(ctx: &Ctx, id: u32, shared: &Arc<Shared>, wake: &OwnedFd, io: Io) {
             }
         }
         // Stdin, as the process takes it.
-        if let (Some(slot), Some(fd)) = (stdin_slot, &stdin) {
-            if ready.get(slot).copied().unwrap_or(false) {
-                match nix::unistd::write(fd, &pending) {
-                    Ok(n) => {
-                        pending.drain(..n.min(pending.len()));
-                        took_stdin(ctx, id, shared, n);
-                    }
-                    Err(Errno::EAGAIN | Errno::EINTR) => {}
-                    Err(_) => {
-                        // The process closed its stdin: what it will never read is acked anyway.
-                        let dropped = std::mem::take(&mut pending).len()
-                            + lock(&shared.state).stdin.drain(..).map(|d| d.len()).sum::<usize>();
-                        took_stdin(ctx, id, shared, dropped);
-                        stdin = None;
-                    }
+        if let (Some(slot), Some(fd)) = (stdin_slot, &stdin)
+            && ready.get(slot).copied().unwrap_or(false)
+        {
+            match nix::unistd::write(fd, &pending) {
+                Ok(n) => {
+                    pending.drain(..n.min(pending.len()));
+                    took_stdin(ctx, id, shared, n);
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(_) => {
+                    // The process closed its stdin: what it will never read is acked anyway.
+                    let dropped = std::mem::take(&mut pending).len()
+                        + lock(&shared.state).stdin.drain(..).map(|d| d.len()).sum::<usize>();
+                    took_stdin(ctx, id, shared, dropped);
+                    stdin = None;
                 }
             }
         }

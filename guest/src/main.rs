@@ -45,7 +45,10 @@ fn main() -> ExitCode {
         }
         (Some("--listen-unix"), Some(path)) => listen_unix(Path::new(path)),
         _ => {
-            let _ = writeln!(std::io::stderr(), "usage: banger-agent --listen-unix PATH | --version\n(as PID 1 it is the guest's init)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "usage: banger-agent --listen-unix PATH | --version\n(as PID 1 it is the guest's init)"
+            );
             ExitCode::from(2)
         }
     }
@@ -71,14 +74,21 @@ fn listen_unix(path: &Path) -> ExitCode {
     let agent = Agent {
         reaper: reaper.clone(),
         guest: false,
-        timings: Mutex::new(BootTimings { init_us: 0, modules_us: None, root_us: None, listening_us: sys::boottime_us(), ready_us: 0 }),
+        timings: Mutex::new(BootTimings {
+            init_us: 0,
+            modules_us: None,
+            root_us: None,
+            listening_us: sys::boottime_us(),
+            ready_us: 0,
+        }),
         ready_once: OnceLock::new(),
         power_off: Box::new(move || {
             signals::kill_children(&r, Duration::from_secs(2));
             std::process::exit(0);
         }),
     };
-    let serving = std::thread::Builder::new().name("sessions".into()).spawn(move || serve_forever(&agent, &listener));
+    let serving =
+        std::thread::Builder::new().name("sessions".into()).spawn(move || serve_forever(&agent, &listener));
     if let Err(e) = serving {
         log!("cannot start the session thread: {e}");
         return ExitCode::FAILURE;
@@ -91,7 +101,7 @@ fn listen_unix(path: &Path) -> ExitCode {
 }
 
 /// Accepts hosts one after another, forever.
-fn serve_forever(agent: &Agent, listener: &channel::Listener) {
+pub fn serve_forever(agent: &Agent, listener: &channel::Listener) {
     loop {
         match listener.accept() {
             Ok(conn) => {

@@ -37,7 +37,8 @@ impl Outbox {
         let (tx, rx) = channel();
         let state = Arc::new(AtomicU8::new(OPEN));
         let s = state.clone();
-        let thread = std::thread::Builder::new().name("writer".into()).spawn(move || write_loop(&conn, &rx, &s))?;
+        let thread =
+            std::thread::Builder::new().name("writer".into()).spawn(move || write_loop(&conn, &rx, &s))?;
         Ok((Outbox { tx, state: state.clone() }, Writer { state, thread: Some(thread) }))
     }
 

@@ -73,12 +73,20 @@ mod tests {
                 let child = std::process::Command::new("sh").args(["-c", &format!("exit {code}")]).spawn()?;
                 Ok::<_, std::io::Error>(Pid::from_raw(child.id() as i32))
             };
-            reaper.spawn(fork, Box::new(move |s| { let _ = tx.send(s); })).unwrap();
+            reaper
+                .spawn(
+                    fork,
+                    Box::new(move |s| {
+                        let _ = tx.send(s);
+                    }),
+                )
+                .unwrap();
             rx
         };
         let a = spawn(7);
         let b = spawn(0);
         // A child nobody waits for: reaped and dropped.
+        #[allow(clippy::zombie_processes)] // the reaper under test reaps it
         let _ = std::process::Command::new("true").spawn().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let (mut got_a, mut got_b) = (None, None);

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use protocol::Error;
 use protocol::agent::{AgentEvent, AgentReady, AgentRequest, BootTimings};
 use protocol::handshake::{self, Hello, ServerHello, ServiceKind};
 use protocol::stream::Decoder;
-use protocol::Error;
 
 use crate::channel::{Conn, Read};
 use crate::exec::{self, Ctx};
@@ -68,8 +68,10 @@ pub fn serve(agent: &Agent, conn: Conn) -> End {
     exec::cancel_all(&ctx.execs);
     writer.stop(end != End::Lost);
     drop(ctx);
-    if let Ok(conn) = Arc::try_unwrap(conn) {
-        if end == End::Refused { conn.finish() }
+    if let Ok(conn) = Arc::try_unwrap(conn)
+        && end == End::Refused
+    {
+        conn.finish()
     }
     if end == End::PowerOff {
         (agent.power_off)();
@@ -136,7 +138,9 @@ fn handshake(conn: &Conn, decoder: &mut Decoder, outbox: &Outbox) -> Result<(), 
 fn requests(agent: &Agent, conn: &Conn, decoder: &mut Decoder, ctx: &Ctx) -> End {
     loop {
         let request = match next_message(conn, decoder, None) {
-            Ok(bytes) => protocol::codec::decode::<AgentRequest>(&bytes).map_err(|e| format!("bad request: {e}")),
+            Ok(bytes) => {
+                protocol::codec::decode::<AgentRequest>(&bytes).map_err(|e| format!("bad request: {e}"))
+            }
             Err(Next::Closed | Next::TimedOut) => return End::Lost,
             Err(Next::Bad(e)) => Err(format!("bad frame: {e}")),
         };
@@ -190,4 +194,3 @@ fn sync(agent: &Agent, unix_time_ns: u64, seed: &[u8]) -> AgentEvent {
         timings,
     })
 }
-

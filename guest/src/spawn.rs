@@ -35,7 +35,11 @@ impl SpawnError {
 
 /// The child's standard descriptors (the child's ends).
 pub enum ChildStdio {
-    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
     /// The terminal's slave side: the child's controlling terminal and fds 0, 1, 2.
     Tty(OwnedFd),
 }
@@ -58,7 +62,11 @@ fn cstring(what: &str, s: &str) -> Result<CString, SpawnError> {
 }
 
 impl Prepared {
-    pub fn new(spec: &ExecSpec, identity: Option<(String, Identity)>, reset_priority: bool) -> Result<Self, SpawnError> {
+    pub fn new(
+        spec: &ExecSpec,
+        identity: Option<(String, Identity)>,
+        reset_priority: bool,
+    ) -> Result<Self, SpawnError> {
         let Some(program) = spec.argv.first() else {
             return Err(SpawnError::cannot_run("no command given (empty argv)"));
         };
@@ -66,7 +74,8 @@ impl Prepared {
             return Err(SpawnError { code: EXIT_NOT_FOUND, message: "\"\": command not found".into() });
         }
         let argv = spec.argv.iter().map(|a| cstring("an argument", a)).collect::<Result<Vec<_>, _>>()?;
-        let env = spec.env.iter().map(|e| cstring("an environment entry", e)).collect::<Result<Vec<_>, _>>()?;
+        let env =
+            spec.env.iter().map(|e| cstring("an environment entry", e)).collect::<Result<Vec<_>, _>>()?;
         let candidates = if program.contains('/') {
             vec![cstring("the command", program)?]
         } else {
@@ -101,7 +110,8 @@ impl Prepared {
         let mut envp: Vec<*const c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
         let candidates: Vec<*const c_char> = self.candidates.iter().map(|c| c.as_ptr()).collect();
-        let groups: Vec<libc::gid_t> = self.identity.as_ref().map(|(_, i)| i.groups.clone()).unwrap_or_default();
+        let groups: Vec<libc::gid_t> =
+            self.identity.as_ref().map(|(_, i)| i.groups.clone()).unwrap_or_default();
         let child = Child {
             stdio: match &stdio {
                 ChildStdio::Pipes { stdin, stdout, stderr } => {
@@ -228,13 +238,12 @@ impl Child<'_> {
             if libc::chdir(self.cwd) < 0 {
                 self.fail(STAGE_CWD);
             }
-            if let Some((uid, gid)) = self.ids {
-                if libc::setgroups(self.groups.len(), self.groups.as_ptr()) < 0
+            if let Some((uid, gid)) = self.ids
+                && (libc::setgroups(self.groups.len(), self.groups.as_ptr()) < 0
                     || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
-                    self.fail(STAGE_USER);
-                }
+                    || libc::setuid(uid) < 0)
+            {
+                self.fail(STAGE_USER);
             }
             let mut errno = libc::ENOENT;
             for program in self.candidates {

@@ -38,8 +38,12 @@ fn parse_passwd(text: &str) -> Vec<Passwd> {
             let gid = f.next()?.parse().ok()?;
             let _gecos = f.next()?;
             let home = f.next()?;
-            (!name.is_empty() && !name.starts_with('#'))
-                .then(|| Passwd { name: name.into(), uid, gid, home: home.into() })
+            (!name.is_empty() && !name.starts_with('#')).then(|| Passwd {
+                name: name.into(),
+                uid,
+                gid,
+                home: home.into(),
+            })
         })
         .collect()
 }
@@ -52,8 +56,11 @@ fn parse_group(text: &str) -> Vec<Group> {
             let _password = f.next()?;
             let gid = f.next()?.parse().ok()?;
             let members = f.next().unwrap_or("").split(',').filter(|m| !m.is_empty()).map(String::from);
-            (!name.is_empty() && !name.starts_with('#'))
-                .then(|| Group { name: name.into(), gid, members: members.collect() })
+            (!name.is_empty() && !name.starts_with('#')).then(|| Group {
+                name: name.into(),
+                gid,
+                members: members.collect(),
+            })
         })
         .collect()
 }
@@ -90,7 +97,7 @@ fn resolve_in(passwd: &[Passwd], groups: &[Group], spec: &str) -> Result<Identit
     }
     let mut supplementary = vec![gid];
     if let Some(p) = entry {
-        for g in groups.iter().filter(|g| g.members.iter().any(|m| *m == p.name)) {
+        for g in groups.iter().filter(|g| g.members.contains(&p.name)) {
             if !supplementary.contains(&g.gid) {
                 supplementary.push(g.gid);
             }
