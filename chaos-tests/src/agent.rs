@@ -134,7 +134,7 @@ impl AgentConn {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            if let Some(m) = self.decoder.next::<T>().expect("a well-formed message from the agent") {
+            if let Some(m) = self.decoder.decode_next::<T>().expect("a well-formed message from the agent") {
                 return Some(m);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -144,7 +144,8 @@ impl AgentConn {
                 Ok(0) => return None,
                 Ok(n) => self.decoder.push(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) => panic!("reading from the agent: {e}"),
             }
         }
