@@ -17,6 +17,7 @@ use protocol::daemon::{Request, Response, StatusReport};
 
 pub use protocol;
 
+pub mod agent;
 pub mod guests;
 pub mod hostile_registry;
 pub mod oci;
