@@ -103,6 +103,8 @@ pub struct VmManager {
     vmm: Arc<dyn Vmm>,
     peers: Peers,
     defaults: Defaults,
+    /// The guest agent written into every VM's disk and initrd at create.
+    agent: PathBuf,
     log: Logger,
     guard: ChildGuard,
 }
@@ -117,6 +119,7 @@ impl VmManager {
             vmm,
             peers: cx.peers,
             defaults: Defaults::for_host().with(cx.config.vm_defaults),
+            agent: cx.config.agent.clone(),
             log: cx.log,
             guard: cx.guard,
         }
