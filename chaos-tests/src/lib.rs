@@ -17,6 +17,7 @@ use protocol::daemon::{Request, Response, StatusReport};
 
 pub use protocol;
 
+pub mod guests;
 pub mod hostile_registry;
 pub mod oci;
 pub mod proxy;
@@ -184,7 +185,9 @@ impl TestDaemon {
     fn spawn(dir: &Path, socket: &Path, log: &Path, opts: &DaemonOpts) -> Child {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let mut cmd = Command::new(bin("bangerd"));
+        // The tiny test kernel boots only under Firecracker; the guest tests ask for QEMU.
         cmd.arg("--state-dir").arg(dir).arg("--socket").arg(socket).args(["--log-format", "json"]);
+        cmd.args(["--vmm", "firecracker"]);
         match &opts.helper_socket {
             Some(p) => cmd.arg("--helper-socket").arg(p),
             None => cmd.arg("--no-helper"),

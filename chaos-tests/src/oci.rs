@@ -129,6 +129,18 @@ pub fn image(
     arch: &str,
     cmd: &[&str],
 ) -> Image {
+    let config = json!({ "Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/", "User": "0" });
+    image_configured(layers, compression, format, arch, config)
+}
+
+/// An image whose config's `config` object (Entrypoint, Cmd, Env, WorkingDir, User) is `config`.
+pub fn image_configured(
+    layers: &[Vec<u8>],
+    compression: Compression,
+    format: Format,
+    arch: &str,
+    config: Value,
+) -> Image {
     let layer_type = match (format, compression) {
         (Format::Oci, Compression::None) => "application/vnd.oci.image.layer.v1.tar",
         (Format::Oci, Compression::Gzip) => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -150,7 +162,7 @@ pub fn image(
         "created": "2026-11-01T00:00:00Z",
         "architecture": arch,
         "os": "linux",
-        "config": { "Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/", "User": "0" },
+        "config": config,
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))
     .expect("config json");

@@ -89,6 +89,7 @@ impl Setup {
             cpus: 1,
             memory_mib: 32,
             config: config.then(|| r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":32}}"#.into()),
+            qemu: None,
         }
     }
 
@@ -493,6 +494,7 @@ async fn a_state_dir_on_a_tmpfs_still_gets_a_jail_mount_of_its_own() {
         cpus: 1,
         memory_mib: 32,
         config: None,
+        qemu: None,
     };
     let reply = c.call(&HelperRequest::LaunchVm(spec)).await.unwrap();
     assert!(matches!(reply, HelperResponse::Launched { .. }), "{reply:?}");

@@ -106,6 +106,7 @@ async fn hostile_requests_are_refused_and_create_nothing() {
     std::fs::copy(TEST_KERNEL, state.path().join("kernels/k/vmlinux")).unwrap();
     let launch = |kernel: String, disk: Option<String>| LaunchSpec {
         config: None,
+        qemu: None,
         vm: "evil".into(),
         kernel,
         disk,
@@ -142,6 +143,7 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
     let (mut console, console_w) = std::io::pipe().unwrap();
     let spec = LaunchSpec {
         config: None,
+        qemu: None,
         vm: "jailed".into(),
         kernel: kernel.display().to_string(),
         disk: None,

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use protocol::paths::Layout;
+use protocol::vm::VmmKind;
+
+pub use crate::exec_args::{CP_HELP, EXEC_EXAMPLES, ExecArgs, ExecOpts, RUN_EXAMPLES, RunArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "banger", version, about = "Disposable Linux microVMs", propagate_version = true)]
@@ -272,6 +275,23 @@ pub enum VmCommand {
         /// An extra kernel command-line argument; repeatable.
         #[arg(long = "kernel-arg")]
         kernel_args: Vec<String>,
+        /// firecracker or qemu (default: the daemon picks what this host runs best).
+        #[arg(long)]
+        vmm: Option<VmmKind>,
+    },
+    /// Create and boot a VM from an image and run a command in it (pulls the image if needed).
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Run a command in a running VM.
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(ExecArgs),
+    /// Copy files and trees between the host and a VM.
+    #[command(after_help = CP_HELP)]
+    Cp {
+        /// A local path, NAME:/path in a VM, or - for a tar stream on stdin.
+        src: String,
+        /// A local path, NAME:/path in a VM, or - for a tar stream on stdout.
+        dst: String,
     },
     /// Boot a VM.
     Start { name: String },

@@ -1,14 +1,19 @@
 //! `banger`: the command line. Thin: parse, call the daemon, print. Every failure is a typed
 //! [`protocol::Error`] printed as a message and a hint, with an exit code chosen by its kind.
 
+mod archive;
 mod args;
 mod auth;
 mod client;
 mod commands;
 mod escape;
+mod exec_args;
+mod names;
 mod output;
 mod progress;
+mod session;
 mod systemd;
+mod tty;
 
 use std::process::ExitCode;
 
@@ -28,25 +33,34 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let done = |r: Result<(), protocol::Error>| r.map(|()| 0);
         match cli.command {
-            Command::Version => commands::version::run(&cli.global, &out).await,
-            Command::Daemon(cmd) => commands::daemon::run(&cli.global, cmd, &out).await,
-            Command::Image(cmd) => commands::image::run(&cli.global, cmd, &out).await,
-            Command::Vm(cmd) => commands::vm::run(&cli.global, cmd, &out).await,
-            Command::Kernel(cmd) => commands::kernel::run(&cli.global, cmd, &out).await,
-            Command::Ps { all } => commands::vm::run(&cli.global, args::VmCommand::Ls { all }, &out).await,
+            Command::Vm(args::VmCommand::Exec(a)) => commands::exec::run(&cli.global, a).await,
+            Command::Vm(args::VmCommand::Run(a)) => commands::run::run(&cli.global, a, &out).await,
+            Command::Vm(args::VmCommand::Cp { src, dst }) => {
+                commands::cp::run(&cli.global, &src, &dst, &out).await
+            }
+            Command::Version => done(commands::version::run(&cli.global, &out).await),
+            Command::Daemon(cmd) => done(commands::daemon::run(&cli.global, cmd, &out).await),
+            Command::Image(cmd) => done(commands::image::run(&cli.global, cmd, &out).await),
+            Command::Vm(cmd) => done(commands::vm::run(&cli.global, cmd, &out).await),
+            Command::Kernel(cmd) => done(commands::kernel::run(&cli.global, cmd, &out).await),
+            Command::Ps { all } => {
+                done(commands::vm::run(&cli.global, args::VmCommand::Ls { all }, &out).await)
+            }
             Command::Rm { name, force } => {
-                commands::vm::run(&cli.global, args::VmCommand::Rm { name, force }, &out).await
+                done(commands::vm::run(&cli.global, args::VmCommand::Rm { name, force }, &out).await)
             }
-            Command::Prune { force } => commands::vm::prune(&cli.global, force, &out).await,
+            Command::Prune { force } => done(commands::vm::prune(&cli.global, force, &out).await),
             Command::System(args::SystemCommand::Uninstall) => {
-                commands::vm::system_uninstall(&cli.global, &out).await
+                done(commands::vm::system_uninstall(&cli.global, &out).await)
             }
-            Command::Completion { shell } => commands::completion::run(shell),
+            Command::Completion { shell } => done(commands::completion::run(shell)),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        // A guest process's code, or 128 + a signal's number: always within 0..=255.
+        Ok(code) => ExitCode::from(code.rem_euclid(256) as u8),
         Err(e) => {
             out.error(&e);
             ExitCode::from(e.kind.exit_code() as u8)

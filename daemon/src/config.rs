@@ -48,6 +48,10 @@ pub struct Args {
     /// Refuse an image whose uncompressed content exceeds this many bytes (default 64 GiB).
     #[arg(long)]
     pub max_image_bytes: Option<u64>,
+    /// The VMM a VM gets when it does not choose: firecracker or qemu (default: Firecracker
+    /// on hardware KVM, QEMU where KVM is missing or software-only).
+    #[arg(long, env = "BANGER_VMM")]
+    pub vmm: Option<protocol::vm::VmmKind>,
     /// A settings file (TOML; see docs/config.md). Default: `bangerd.toml` in the state dir
     /// (`/etc/banger/bangerd.toml` for the system service). Flags win over it.
     #[arg(long)]
@@ -89,6 +93,8 @@ pub struct Config {
     pub connections: Connections,
     /// The guest agent binary (checked when a VM is created, not at start).
     pub agent: PathBuf,
+    /// The VMM for VMs that do not choose; `None`: probed.
+    pub vmm: Option<protocol::vm::VmmKind>,
 }
 
 /// How long clients may hold the daemon's connections.
@@ -125,6 +131,7 @@ impl Config {
             vm_defaults: VmDefaults::default(),
             connections: Connections::default(),
             agent: dir.join("banger-agent"),
+            vmm: None,
         }
     }
 }
@@ -257,6 +264,7 @@ impl Config {
                 Some(path) => path.clone(),
                 None => default_agent()?,
             },
+            vmm: args.vmm,
         })
     }
 }

@@ -32,10 +32,16 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The kernel's `ip=` argument: address, gateway, netmask, device, no autoconf, DNS.
-    pub fn kernel_arg(&self) -> String {
+    /// The kernel's `ip=` argument (address, gateway, netmask, device, no autoconf, DNS), for a
+    /// kernel with its network driver built in; and the agent's, which configures the network
+    /// once it has loaded the driver.
+    pub fn kernel_args(&self) -> [String; 3] {
         let mask = Ipv4Addr::from(u32::MAX << (32 - self.prefix));
-        format!("ip={}::{}:{mask}::eth0:off:{}", self.ip, self.gateway, self.gateway)
+        [
+            format!("ip={}::{}:{mask}::eth0:off:{}", self.ip, self.gateway, self.gateway),
+            format!("banger.ip={}/{}", self.ip, self.prefix),
+            format!("banger.gw={}", self.gateway),
+        ]
     }
 }
 
@@ -439,6 +445,13 @@ mod tests {
             mac: mac_for("x"),
             bridge: "bangerab12cd34".into(),
         };
-        assert_eq!(l.kernel_arg(), "ip=172.30.0.5::172.30.0.1:255.255.255.0::eth0:off:172.30.0.1");
+        assert_eq!(
+            l.kernel_args(),
+            [
+                "ip=172.30.0.5::172.30.0.1:255.255.255.0::eth0:off:172.30.0.1",
+                "banger.ip=172.30.0.5/24",
+                "banger.gw=172.30.0.1"
+            ]
+        );
     }
 }

@@ -26,7 +26,9 @@ use crate::notify::Notifier;
 use crate::peers::{Peers, Started};
 use crate::store::Store;
 use crate::vm_manager::VmManager;
+use crate::vmm::Backends;
 use crate::vmm::firecracker::Firecracker;
+use crate::vmm::qemu::Qemu;
 
 /// The supervised actors, in start order; shutdown runs it backwards. The API comes last so
 /// that READY means "the socket answers".
@@ -188,8 +190,14 @@ impl Supervisor {
             Child::Kernels => Some(self.publish(KernelStore::new(cx).start(), Started::Kernels)),
             Child::Network => Some(self.publish(Network::new(cx).start(), Started::Network)),
             Child::Vms => {
-                let vmm = Arc::new(Firecracker::new(peers));
-                Some(self.publish(VmManager::new(cx, vmm).start(), Started::Vms))
+                let (probed, kvm) = crate::vmm::probe();
+                let default = self.config.vmm.unwrap_or(probed);
+                let vmms = Backends {
+                    firecracker: Arc::new(Firecracker::new(peers.clone())),
+                    qemu: Arc::new(Qemu::new(peers, kvm)),
+                    default,
+                };
+                Some(self.publish(VmManager::new(cx, vmms).start(), Started::Vms))
             }
             Child::Api => {
                 let deps = Deps { config: self.config.clone(), peers };

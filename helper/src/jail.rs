@@ -27,7 +27,7 @@ use protocol::{Error, ErrorKind};
 
 use crate::beneath::{Dir, explain, fd_path};
 use crate::process::{NotOurs, Vmm};
-use crate::validate;
+use crate::{qemu, validate};
 
 /// One VM's slot: held while an operation on that VM runs, with its VMM once launched.
 type Slot = Arc<Mutex<Option<Vmm>>>;
@@ -36,6 +36,7 @@ pub struct Jails {
     pub state_dir: PathBuf,
     pub firecracker: PathBuf,
     pub jailer: PathBuf,
+    pub qemu: PathBuf,
     pub uid: Uid,
     pub gid: Gid,
     /// Firecracker's file name: the jailer's directory for it, and the VMM's command.
@@ -55,11 +56,26 @@ fn refused(what: &str, why: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::PermissionDenied, format!("refusing {what}: {why}"))
 }
 
+/// Which VMM a jail holds. Each has its own directory of jails: the jailer's is named for
+/// Firecracker's file, QEMU's is `qemu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Firecracker,
+    Qemu,
+}
+
+const KINDS: [Kind; 2] = [Kind::Firecracker, Kind::Qemu];
+
 /// How long a clean-up waits for a killed VMM to be gone before it gives up (and keeps the jail).
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 impl Jails {
-    pub fn new(state_dir: PathBuf, firecracker: PathBuf, jailer: PathBuf, uid: Uid, gid: Gid) -> Jails {
+    pub fn new(
+        state_dir: PathBuf,
+        (firecracker, jailer, qemu): (PathBuf, PathBuf, PathBuf),
+        uid: Uid,
+        gid: Gid,
+    ) -> Jails {
         use sha2::Digest;
         let exec_name = firecracker
             .file_name()
@@ -70,6 +86,7 @@ impl Jails {
             state_dir,
             firecracker,
             jailer,
+            qemu,
             uid,
             gid,
             exec_name,
@@ -78,9 +95,27 @@ impl Jails {
         }
     }
 
-    /// `<state>/jail/<exec name>/<vm>/root`, where the jailer puts it (for the daemon's paths).
-    pub fn root(&self, vm: &str) -> PathBuf {
-        self.state_dir.join("jail").join(&self.exec_name).join(vm).join("root")
+    /// `<state>/jail/<kind's dir>/<vm>/root`, where the jailer puts it (for the daemon's paths).
+    fn root(&self, kind: Kind, vm: &str) -> PathBuf {
+        self.state_dir.join("jail").join(self.dir_name(kind)).join(vm).join("root")
+    }
+
+    /// The directory of a kind's jails: the jailer names it for Firecracker's file.
+    fn dir_name(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Firecracker => &self.exec_name,
+            Kind::Qemu => "qemu",
+        }
+    }
+
+    /// The VMM's program file name, whose first 15 bytes are its command.
+    fn program(&self, kind: Kind) -> String {
+        match kind {
+            Kind::Firecracker => self.exec_name.clone(),
+            Kind::Qemu => {
+                self.qemu.file_name().map_or_else(|| "qemu".into(), |n| n.to_string_lossy().into_owned())
+            }
+        }
     }
 
     /// The state dir, opened for this request without following a symlink. Opened afresh each
@@ -148,19 +183,25 @@ impl Jails {
         Ok(mounted)
     }
 
-    /// `<jail>/<exec name>/<vm>` as a directory, if it exists.
-    fn vm_dir(&self, base: &Dir, vm: &str) -> Result<Option<Dir>, Error> {
-        match base.dir(&Path::new(&self.exec_name).join(vm)) {
-            Ok(d) => Ok(Some(d)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(refused(&format!("the jail of {vm}"), explain(e))),
+    /// `<jail>/<kind's dir>/<vm>` as a directory, for the kind whose jail the VM has, if any.
+    fn vm_dir(&self, base: &Dir, vm: &str) -> Result<Option<(Kind, Dir)>, Error> {
+        for kind in KINDS {
+            match base.dir(&Path::new(self.dir_name(kind)).join(vm)) {
+                Ok(d) => return Ok(Some((kind, d))),
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(refused(&format!("the jail of {vm}"), explain(e))),
+            }
         }
+        Ok(None)
     }
 
     pub fn launch(&self, spec: &LaunchSpec, console: Option<OwnedFd>) -> Result<(u32, PathBuf), Error> {
         validate::vm_name(&spec.vm)?;
         if !(1..=32).contains(&spec.cpus) || !(16..=1 << 20).contains(&spec.memory_mib) {
             return Err(Error::new(ErrorKind::InvalidInput, "cpus must be 1-32 and memory 16 MiB-1 TiB"));
+        }
+        if let Some(q) = &spec.qemu {
+            qemu::validate(q)?;
         }
         if spec
             .config
@@ -179,15 +220,27 @@ impl Jails {
             .as_deref()
             .map(|d| validate::owned_file(&state, &self.state_dir, self.uid, d))
             .transpose()?;
+        let initrd = spec
+            .qemu
+            .as_ref()
+            .and_then(|q| q.initrd.as_deref())
+            .map(|i| validate::owned_file(&state, &self.state_dir, self.uid, i))
+            .transpose()?;
         let slot = self.slot(&spec.vm);
         let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
         let base = self.jail_base(&state)?;
         self.clean_locked(&base, &spec.vm, &mut held)?;
-        match self.build_and_run(&base, spec, &kernel, disk.as_ref(), console) {
+        let (kind, run) = match &spec.qemu {
+            Some(q) => {
+                (Kind::Qemu, self.run_qemu(&base, spec, q, &kernel, initrd.as_ref(), disk.as_ref(), console))
+            }
+            None => (Kind::Firecracker, self.build_and_run(&base, spec, &kernel, disk.as_ref(), console)),
+        };
+        match run {
             Ok(vmm) => {
                 let pid = vmm.pid;
                 *held = Some(vmm);
-                Ok((pid, self.root(&spec.vm)))
+                Ok((pid, self.root(kind, &spec.vm)))
             }
             Err(e) => {
                 // A launch that fails leaves nothing: no jail, no mount, no process.
@@ -272,7 +325,7 @@ impl Jails {
                 "the jailer failed ({status}); the VM's console log says why"
             )));
         }
-        let pid = read_pid(&root)?;
+        let pid = read_pid(&root, Kind::Firecracker)?;
         let vmm = Vmm::launched(pid, &self.exec_name).map_err(|e| match e {
             NotOurs::Gone => Error::internal(format!(
                 "Firecracker of {} exited at once; its console log says why",
@@ -361,7 +414,7 @@ impl Jails {
             Some(base) => self.vm_dir(base, vm)?,
             None => None,
         };
-        let Some(dir) = dir else {
+        let Some((kind, dir)) = dir else {
             if pid != 0 && Path::new(&format!("/proc/{pid}")).exists() {
                 let why = format!("VM {vm} has no jail, so pid {pid} is not its VMM");
                 return Err(refused(&format!("to kill pid {pid}"), why));
@@ -374,14 +427,14 @@ impl Jails {
             Err(e) => return Err(refused(&format!("the jail of {vm}"), explain(e))),
         };
         let pid = match pid {
-            0 => match read_pid(&root) {
+            0 => match read_pid(&root, kind) {
                 Ok(p) => p,
                 Err(_) => return Ok(None),
             },
             pid => pid,
         };
         let jail_root = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
-        match Vmm::verify(pid, &jail_root, &self.exec_name) {
+        match Vmm::verify(pid, &jail_root, &self.program(kind)) {
             Ok(v) => Ok(Some(v)),
             Err(NotOurs::Gone) => Ok(None),
             Err(NotOurs::Other(why)) => Err(refused(&format!("to kill pid {pid} for VM {vm}"), why)),
@@ -393,8 +446,9 @@ impl Jails {
     pub fn unmount_if_idle(&self) -> bool {
         let Ok(state) = self.state() else { return false };
         let Ok(Some(base)) = self.existing_base(&state) else { return false };
-        let idle =
-            base.dir(Path::new(&self.exec_name)).map_or(true, |d| d.entries().is_ok_and(|e| e.is_empty()));
+        let idle = KINDS.iter().all(|&k| {
+            base.dir(Path::new(self.dir_name(k))).map_or(true, |d| d.entries().is_ok_and(|e| e.is_empty()))
+        });
         idle && nix::mount::umount2(fd_path(base.fd()).as_str(), MntFlags::MNT_DETACH).is_ok()
     }
 
@@ -404,19 +458,7 @@ impl Jails {
     /// global threadgroup lock and waits out an RCU grace period (5-20 ms per launch on this
     /// kind of host); a lone thread moving itself through `tasks` skips that lock (0.2 ms).
     fn enter_cgroups_v1(&self, spec: &LaunchSpec, jailer: &mut Command) -> Result<(), Error> {
-        let (quota, memory) = limits(spec);
-        let mut tasks = vec![];
-        let dirs = cgroup_dirs(&self.parent_cgroup, &spec.vm);
-        for ((dir, (_, file)), value) in dirs.iter().zip(V1_LIMITS).zip([quota, memory]) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::internal(format!("cannot create the cgroup {}: {e}", dir.display())))?;
-            std::fs::write(dir.join(file), value.to_string())
-                .map_err(|e| Error::internal(format!("cannot set {file} of {}: {e}", dir.display())))?;
-            tasks.push(
-                std::ffi::CString::new(dir.join("tasks").into_os_string().into_encoded_bytes())
-                    .map_err(|_| Error::internal("a cgroup path holds a NUL byte"))?,
-            );
-        }
+        let tasks = self.make_cgroups(spec)?;
         // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
         // calls are allowed: open, write and close on paths built before the fork.
         unsafe {
@@ -438,6 +480,129 @@ impl Jails {
             });
         }
         Ok(())
+    }
+
+    /// Makes the VM's cgroups with their limits; returns the files a process writes "0" to, to
+    /// join them (v1: `tasks`; v2: `cgroup.procs`, with the controllers enabled on the way).
+    fn make_cgroups(&self, spec: &LaunchSpec) -> Result<Vec<std::ffi::CString>, Error> {
+        let (quota, memory) = limits(spec);
+        let fail = |what: &str, dir: &Path, e: std::io::Error| {
+            Error::internal(format!("cannot {what} the cgroup {}: {e}", dir.display()))
+        };
+        let mut joins = vec![];
+        let dirs = cgroup_dirs(&self.parent_cgroup, &spec.vm);
+        type Settings<'a> = Vec<(PathBuf, Vec<(&'a str, String)>, &'a str)>;
+        let settings: Settings = if cgroup_v2() {
+            let root = Path::new(CGROUP_ROOT);
+            for dir in [root, &root.join(&self.parent_cgroup)] {
+                std::fs::create_dir_all(dir).map_err(|e| fail("create", dir, e))?;
+                std::fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory")
+                    .map_err(|e| fail("enable controllers in", dir, e))?;
+            }
+            let limits = vec![("cpu.max", format!("{quota} 100000")), ("memory.max", memory.to_string())];
+            dirs.into_iter().map(|d| (d, limits.clone(), "cgroup.procs")).collect()
+        } else {
+            let values = V1_LIMITS.iter().zip([quota, memory]).map(|((_, f), v)| vec![(*f, v.to_string())]);
+            dirs.into_iter().zip(values).map(|(d, l)| (d, l, "tasks")).collect()
+        };
+        for (dir, limits, join) in settings {
+            std::fs::create_dir_all(&dir).map_err(|e| fail("create", &dir, e))?;
+            for (file, value) in limits {
+                std::fs::write(dir.join(file), value)
+                    .map_err(|e| fail(&format!("set {file} of"), &dir, e))?;
+            }
+            joins.push(
+                std::ffi::CString::new(dir.join(join).into_os_string().into_encoded_bytes())
+                    .map_err(|_| Error::internal("a cgroup path holds a NUL byte"))?,
+            );
+        }
+        Ok(joins)
+    }
+
+    /// Builds the VM's QEMU jail and starts QEMU chrooted in it (see `qemu`). The root is
+    /// root's and read-only to the VM's uid; only `run/` (its sockets) is the uid's.
+    #[allow(clippy::too_many_arguments)]
+    fn run_qemu(
+        &self,
+        base: &Dir,
+        spec: &LaunchSpec,
+        q: &protocol::helper::QemuSpec,
+        kernel: &OwnedFd,
+        initrd: Option<&OwnedFd>,
+        disk: Option<&OwnedFd>,
+        console: Option<OwnedFd>,
+    ) -> Result<Vmm, Error> {
+        let fail = |e: Errno| internal(&format!("cannot build the jail of {}", spec.vm), explain(e));
+        let exec = base.make_dir(self.dir_name(Kind::Qemu), 0o711).map_err(fail)?;
+        let vm_dir = exec.new_dir(&spec.vm, 0o711).map_err(fail)?;
+        let root = vm_dir.new_dir("root", 0o755).map_err(fail)?;
+        for (dir, mode) in [(&exec, 0o711), (&vm_dir, 0o711), (&root, 0o755)] {
+            nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(mode)).map_err(fail)?;
+        }
+        bind_into(kernel, &root, qemu::KERNEL)?;
+        if let Some(initrd) = initrd {
+            bind_into(initrd, &root, qemu::INITRD)?;
+        }
+        if let Some(disk) = disk {
+            bind_into(disk, &root, qemu::DISK)?;
+        }
+        let etc = root.new_dir("etc", 0o755).map_err(fail)?;
+        drop(etc);
+        for (host, inside, is_dir) in qemu::LENT {
+            lend(&root, host, inside, is_dir)?;
+        }
+        for (link, target) in qemu::LINKS {
+            nix::unistd::symlinkat(target, root.fd(), link).map_err(fail)?;
+        }
+        if q.kvm {
+            root.new_dir("dev", 0o755).map_err(fail)?;
+            lend(&root, "/dev/kvm", "dev/kvm", false)?;
+        }
+        let run = root.new_dir(qemu::RUN, 0o700).map_err(fail)?;
+        nix::unistd::fchown(run.fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
+        let tap = match q.tap {
+            Some(_) => {
+                Some(qemu::inheritable(&qemu::open_tap(&crate::net::tap_name(&self.state_dir, &spec.vm))?)?)
+            }
+            None => None,
+        };
+        let (stdout, stderr) = match console {
+            Some(fd) => {
+                let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
+                (Stdio::from(fd), Stdio::from(copy))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let mut command = Command::new(&self.qemu);
+        command
+            .args(qemu::args(spec, q, tap.is_some()))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        use std::os::fd::AsRawFd;
+        qemu::Confinement::new(
+            root.fd().as_raw_fd(),
+            self.make_cgroups(spec)?,
+            tap.as_ref().map(|t| t.as_raw_fd()),
+            self.uid,
+            self.gid,
+        )?
+        .apply(&mut command);
+        // spawn returns once QEMU has been exec'd (or says why it was not).
+        let child =
+            command.spawn().map_err(|e| internal(&format!("cannot start QEMU for {}", spec.vm), e))?;
+        let pid = child.id();
+        let mut file = root.create(qemu::PID_FILE, 0o600).map_err(fail)?;
+        file.write_all(pid.to_string().as_bytes()).map_err(|e| internal("cannot write the pid file", e))?;
+        let vmm = Vmm::launched(pid, &self.program(Kind::Qemu)).map_err(|e| match e {
+            NotOurs::Gone => {
+                Error::internal(format!("QEMU of {} exited at once; its console log says why", spec.vm))
+            }
+            NotOurs::Other(why) => refused(&format!("the QEMU of {}", spec.vm), why),
+        })?;
+        self.confine(&vmm, &spec.vm);
+        Ok(vmm)
     }
 
     /// Kills a Firecracker still running in the jail and waits until it is gone, then removes the
@@ -471,13 +636,14 @@ impl Jails {
         }
         **held = None;
         self.kill_cgroup(vm)?;
-        if let Some(dir) = self.vm_dir(base, vm)? {
+        if let Some((kind, dir)) = self.vm_dir(base, vm)? {
             if let Ok(root) = dir.dir(Path::new("root")) {
                 for file in BOUND {
                     unbind(&root, file)?;
                 }
             }
-            let exec = base.dir(Path::new(&self.exec_name)).map_err(|e| refused("the jails", explain(e)))?;
+            let exec =
+                base.dir(Path::new(self.dir_name(kind))).map_err(|e| refused("the jails", explain(e)))?;
             exec.remove_tree(vm).map_err(|e| internal(&format!("cannot remove the jail of {vm}"), e))?;
         }
         self.remove_cgroups(vm)
@@ -577,16 +743,20 @@ fn cgroup_dirs(parent: &str, vm: &str) -> Vec<PathBuf> {
     }
 }
 
-/// The jail's pid file, written by the jailer.
-fn read_pid(root: &Dir) -> Result<u32, Error> {
-    let text = root
-        .read_small("firecracker.pid", 32)
-        .map_err(|e| Error::internal(format!("no pid file in the jail: {e}")))?;
+/// The jail's pid file, written by the jailer (or by the helper, for QEMU).
+fn read_pid(root: &Dir, kind: Kind) -> Result<u32, Error> {
+    let file = match kind {
+        Kind::Firecracker => "firecracker.pid",
+        Kind::Qemu => qemu::PID_FILE,
+    };
+    let text =
+        root.read_small(file, 32).map_err(|e| Error::internal(format!("no pid file in the jail: {e}")))?;
     text.trim().parse().map_err(|_| Error::internal("the jail's pid file does not hold a pid"))
 }
 
-/// The files a jail holds that live outside it, bind-mounted in.
-const BOUND: [&str; 2] = ["vmlinux", "disk.ext4"];
+/// What a jail holds that lives outside it, bind-mounted in (QEMU's: `qemu::LENT` too).
+const BOUND: [&str; 7] =
+    ["vmlinux", "disk.ext4", qemu::KERNEL, qemu::INITRD, "usr", "etc/ld.so.cache", "dev/kvm"];
 
 /// Bind-mounts `source` (a checked file's descriptor) at `name` in the jail root, made empty
 /// first. Both ends are named by descriptor, so neither can be redirected since its check.
@@ -603,6 +773,41 @@ fn bind_into(source: &OwnedFd, root: &Dir, name: &str) -> Result<(), Error> {
     .map_err(|e| fail(e.to_string()))
 }
 
+/// Binds a host path (trusted: root's own files) read-only at `inside` in the jail root, made
+/// empty first.
+fn lend(root: &Dir, host: &str, inside: &str, is_dir: bool) -> Result<(), Error> {
+    let fail = |e: String| Error::internal(format!("cannot lend {host} to the jail: {e}"));
+    let target = match is_dir {
+        true => {
+            root.new_dir(inside, 0o755).map(|d| d.fd().try_clone_to_owned()).map_err(|e| fail(explain(e)))?
+        }
+        false => {
+            let (dir, name) = inside.rsplit_once('/').map_or((None, inside), |(d, n)| (Some(d), n));
+            let file = match dir {
+                Some(d) => root.dir(Path::new(d)).and_then(|d| d.create(name, 0o600)),
+                None => root.create(name, 0o600),
+            };
+            Ok(OwnedFd::from(file.map_err(|e| fail(explain(e)))?))
+        }
+    }
+    .map_err(|e: std::io::Error| fail(e.to_string()))?;
+    let at = fd_path(target.as_fd());
+    nix::mount::mount(
+        Some(host),
+        at.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    // The descriptor names what lies under the new mount; looked up again, the path reaches
+    // the mount itself, which is what a remount changes.
+    let mounted = root.handle(Path::new(inside)).map_err(|e| fail(explain(e)))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    nix::mount::mount(None::<&str>, fd_path(mounted.as_fd()).as_str(), None::<&str>, ro, None::<&str>)
+        .map_err(|e| fail(e.to_string()))
+}
+
 /// Undoes `bind_into`: unmounts `name` in the jail root if it is a mount. A symlink there is not
 /// followed (and is then removed with the jail).
 fn unbind(root: &Dir, name: &str) -> Result<(), Error> {
@@ -613,8 +818,8 @@ fn unbind(root: &Dir, name: &str) -> Result<(), Error> {
     };
     let here = root.stat().map_err(|e| internal("cannot stat the jail", e))?;
     let st = nix::sys::stat::fstat(&handle).map_err(|e| internal("cannot stat the jail", e))?;
-    let is_file = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-    if st.st_dev == here.st_dev || !is_file {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if st.st_dev == here.st_dev || ![SFlag::S_IFREG, SFlag::S_IFDIR, SFlag::S_IFCHR].contains(&kind) {
         return Ok(());
     }
     match nix::mount::umount2(fd_path(handle.as_fd()).as_str(), MntFlags::MNT_DETACH) {

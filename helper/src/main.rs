@@ -8,6 +8,7 @@ mod beneath;
 mod jail;
 mod net;
 mod process;
+mod qemu;
 mod sanitize;
 mod server;
 mod validate;
@@ -37,6 +38,9 @@ struct Args {
     firecracker: PathBuf,
     #[arg(long, default_value = "/usr/local/bin/jailer")]
     jailer: PathBuf,
+    /// QEMU, for VMs that ask for it (`--vmm qemu`).
+    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
+    qemu: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Some(&args.state_dir),
         Some(&args.firecracker),
         Some(&args.jailer),
+        Some(&args.qemu),
     ];
     if let Err(e) = paths.into_iter().flatten().try_for_each(|p| validate::absolute(p)) {
         eprintln!("banger-helper: {e}");
@@ -81,7 +86,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let jails = jail::Jails::new(args.state_dir, args.firecracker, args.jailer, owner, owner_gid);
+    let jails =
+        jail::Jails::new(args.state_dir, (args.firecracker, args.jailer, args.qemu), owner, owner_gid);
     let config = server::Config { socket: args.socket, owner, pid_file: args.pid_file, jails };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,7 +66,7 @@ impl Decoder {
     }
 
     /// The next complete message, decoded.
-    pub fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
+    pub fn decode_next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
         match self.next_message()? {
             Some(message) => Ok(Some(codec::decode(&message.bytes)?)),
             None => Ok(None),

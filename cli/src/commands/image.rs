@@ -24,17 +24,7 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
     client::require(&c, IMAGES_SINCE, "images")?;
     match cmd {
         ImageCommand::Pull { reference, name, size, replace } => {
-            let registry = crate::auth::registry_of(&reference);
-            let auth = crate::auth::credentials_for(&registry)?;
-            let pull = PullRequest { reference, name, size, auth };
-            // An older daemon replaces without asking; it is told only what it understands.
-            let request = if c.version >= REPLACE_SINCE {
-                Request::ImagePullReplacing { pull, replace }
-            } else {
-                Request::ImagePull(pull)
-            };
-            c.send(&request).await.map_err(|e| client::advise(&socket, e))?;
-            let info = follow(&mut c, &socket, out).await?;
+            let info = pull(&mut c, &socket, PullArgs { reference, name, size, replace }, out).await?;
             report(&info, "pulled", out);
         }
         ImageCommand::Import { file, name, size, replace } => {
@@ -87,6 +77,35 @@ pub async fn run(global: &Global, cmd: ImageCommand, out: &Output) -> Result<(),
         }
     }
     Ok(())
+}
+
+pub struct PullArgs {
+    pub reference: String,
+    pub name: Option<String>,
+    pub size: Option<u64>,
+    pub replace: bool,
+}
+
+/// Pulls an image with credentials from the user's config, showing progress; `vm run` pulls
+/// through here too.
+pub async fn pull(
+    c: &mut client::DaemonClient,
+    socket: &std::path::Path,
+    args: PullArgs,
+    out: &Output,
+) -> Result<ImageInfo, Error> {
+    let PullArgs { reference, name, size, replace } = args;
+    let registry = crate::auth::registry_of(&reference);
+    let auth = crate::auth::credentials_for(&registry)?;
+    let pull = PullRequest { reference, name, size, auth };
+    // An older daemon replaces without asking; it is told only what it understands.
+    let request = if c.version >= REPLACE_SINCE {
+        Request::ImagePullReplacing { pull, replace }
+    } else {
+        Request::ImagePull(pull)
+    };
+    c.send(&request).await.map_err(|e| client::advise(socket, e))?;
+    follow(c, socket, out).await
 }
 
 /// Shows a pull's or an import's progress and returns the image it made.

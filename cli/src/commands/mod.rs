@@ -1,8 +1,11 @@
 //! One file per command group, each a short function: parse, call, print.
 
 pub mod completion;
+pub mod cp;
 pub mod daemon;
+pub mod exec;
 pub mod image;
 pub mod kernel;
+pub mod run;
 pub mod version;
 pub mod vm;

@@ -1,4 +1,5 @@
-//! `banger vm create|start|stop|kill|restart|rm|ls|inspect|logs`, `banger ps|rm|prune`.
+//! `banger vm create|start|stop|kill|restart|rm|ls|inspect|logs`, `banger ps|rm|prune`
+//! (`vm run`, `exec` and `cp` have files of their own).
 
 use std::io::{IsTerminal, Write};
 
@@ -28,7 +29,7 @@ pub fn spec_line(v: &VmInfo) -> String {
     )
 }
 
-async fn vm(c: &mut DaemonClient, socket: &std::path::Path, request: Request) -> Result<VmInfo, Error> {
+pub async fn vm(c: &mut DaemonClient, socket: &std::path::Path, request: Request) -> Result<VmInfo, Error> {
     match client::call(c, socket, &request).await? {
         Response::Vm(v) => Ok(v),
         other => Err(client::unexpected(&other)),
@@ -49,7 +50,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
     client::require(&c, 2, "VMs")?;
     let ms = |d: std::time::Duration| d.as_millis() as u64;
     match cmd {
-        VmCommand::Create { name, image, kernel, cpus, memory, disk, no_net, kernel_args } => {
+        VmCommand::Create { name, image, kernel, cpus, memory, disk, no_net, kernel_args, vmm } => {
             let create = VmCreate {
                 name,
                 image,
@@ -59,7 +60,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
                 disk_bytes: disk,
                 network: !no_net,
                 kernel_args,
-                vmm: None,
+                vmm,
             };
             let v = vm(&mut c, &socket, Request::VmCreate(create)).await?;
             show(out, &v, spec_line(&v));
@@ -92,6 +93,9 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
         VmCommand::Inspect { name } => {
             let v = vm(&mut c, &socket, Request::VmInspect { name }).await?;
             out.json(&v);
+        }
+        VmCommand::Run(_) | VmCommand::Exec(_) | VmCommand::Cp { .. } => {
+            return Err(Error::internal("vm run, exec and cp are dispatched in main"));
         }
         VmCommand::Logs { name, follow } => {
             c.send(&Request::VmLogs { name, follow }).await.map_err(|e| client::advise(&socket, e))?;

@@ -6,6 +6,7 @@
 //! connection with no request in flight for the idle timeout, or whose seat the owner needs,
 //! says why and closes.
 
+mod exec;
 pub mod seats;
 #[cfg(test)]
 mod tests;
@@ -27,9 +28,10 @@ use crate::image_cache::{InspectImage, ListImages, Prune, PullHandle, StartImpor
 use crate::kernels::{ImportKernel, ListKernels};
 use crate::peers::{Peers, restarting};
 use crate::supervisor::{Chaos, GetStatus, Shutdown};
+use crate::vm::agent::Op;
 use crate::vm::follow::Chunk;
 use crate::vm_manager::{
-    CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall,
+    AgentOf, CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall,
 };
 use seats::{MAX_CONNECTIONS, Seat};
 
@@ -146,7 +148,7 @@ async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logg
         // A descriptor only ever accompanies an import; any other is closed here.
         let fd = chan.take_fd();
         if let Err(e) =
-            route(&Replies { chan: &chan, stall: idle_timeout }, request, fd, version, &deps).await
+            route(&mut Replies { chan: &mut chan, stall: idle_timeout }, request, fd, version, &deps).await
         {
             debug!(log, "reply failed"; "error" => %e);
             return;
@@ -166,7 +168,7 @@ async fn last_word(chan: &Channel, reply: &Response) {
 /// connection busy (so never idle, never closed) and its seat held for good: a send that cannot
 /// finish within the idle timeout ends the connection.
 struct Replies<'a> {
-    chan: &'a Channel,
+    chan: &'a mut Channel,
     stall: Option<Duration>,
 }
 
@@ -223,6 +225,8 @@ enum Reply {
     Shutdown,
     /// Chaos: the payload, this many times.
     Echo(Vec<u8>, u32),
+    /// An exec or a copy in this VM: its events, while the client's input goes the other way.
+    Exec(String, Op),
 }
 
 fn reply(response: Response) -> Reply {
@@ -242,7 +246,7 @@ fn stream<T>(result: Result<T, Error>, as_reply: impl FnOnce(T) -> Reply) -> Rep
 }
 
 async fn route(
-    chan: &Replies<'_>,
+    chan: &mut Replies<'_>,
     request: Request,
     fd: Option<OwnedFd>,
     version: u32,
@@ -299,14 +303,21 @@ async fn route(
         Request::KernelList => one(p.kernels().ask(ListKernels).await, Response::Kernels),
         Request::KernelRemove { name } => one(p.vms().ask(RemoveKernel(name)).await, |()| Response::Ok),
         Request::SystemUninstall => one(p.vms().ask(Uninstall).await, Response::Removed),
-        Request::VmExec { .. }
-        | Request::ExecInput(_)
-        | Request::VmCopyIn { .. }
-        | Request::VmCopyOut { .. }
-        | Request::VmWait { .. } => reply(Response::Error(Error::new(ErrorKind::Unavailable, "not yet"))),
+        Request::VmExec { name, spec } => Reply::Exec(name, Op::Exec(spec)),
+        Request::VmCopyIn { name, path } => Reply::Exec(name, Op::CopyIn(path)),
+        Request::VmCopyOut { name, path } => Reply::Exec(name, Op::CopyOut(path)),
+        Request::ExecInput(_) => reply(Response::Error(
+            Error::new(ErrorKind::InvalidInput, "no exec runs on this connection")
+                .with_hint("send ExecInput only while a VmExec's replies stream"),
+        )),
+        Request::VmWait { name, timeout_ms } => one(wait(p, name, ms(timeout_ms)).await, Response::Vm),
     };
     match reply {
         Reply::One(response) => chan.send(&response, false).await,
+        Reply::Exec(name, op) => {
+            let agent = p.vms().ask(AgentOf(name.clone())).await;
+            exec::relay(chan, agent, &name, op).await
+        }
         Reply::Pull(handle) => send_pull(chan, handle).await,
         Reply::Log(chunks) => send_log(chan, chunks).await,
         Reply::Shutdown => {
@@ -323,6 +334,13 @@ async fn route(
             Ok(())
         }
     }
+}
+
+/// Waits for the VM's agent to be ready; the VM as it then is.
+async fn wait(p: &Peers, name: String, timeout: Duration) -> Result<protocol::vm::VmInfo, Error> {
+    let mut agent = p.vms().ask(AgentOf(name.clone())).await?;
+    agent.ready(&name, timeout).await?;
+    p.vms().ask(Lifecycle::Inspect(name)).await
 }
 
 async fn image_pull(p: &Peers, request: protocol::image::PullRequest, replace: bool) -> Reply {

@@ -13,9 +13,9 @@ async fn routed(request: Request) -> Response {
     let dir = tempfile::tempdir().unwrap();
     let deps = Deps { config: crate::config::Config::for_tests(dir.path()), peers: Peers::default() };
     let (ours, theirs) = UnixSeqpacket::pair().unwrap();
-    let (server, mut client) = (Channel::new(ours), Channel::new(theirs));
-    let replies = Replies { chan: &server, stall: None };
-    route(&replies, request, None, protocol::handshake::PROTOCOL_MAX, &deps).await.unwrap();
+    let (mut server, mut client) = (Channel::new(ours), Channel::new(theirs));
+    let mut replies = Replies { chan: &mut server, stall: None };
+    route(&mut replies, request, None, protocol::handshake::PROTOCOL_MAX, &deps).await.unwrap();
     client.recv::<Response>().await.unwrap().unwrap().0
 }
 

@@ -3,6 +3,7 @@
 //! trait), its console log's cap, and the watch on its VMM's pidfd. Takes `Start`, `Stop`,
 //! `Kill`, `Info`, `Destroy` from the VmManager; tells it when it is gone (its guard).
 
+pub mod agent;
 pub mod console;
 pub mod follow;
 pub mod record;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use protocol::vm::{VmAction, VmInfo, VmState};
+use protocol::vm::{AgentState, VmAction, VmInfo, VmState};
 use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::io::Interest;
@@ -44,6 +45,11 @@ pub struct Kill;
 #[derive(Message)]
 #[rtype(result = "VmInfo")]
 pub struct Info;
+
+/// The way to the VM's guest agent, while the VM runs.
+#[derive(Message)]
+#[rtype(result = "Result<agent::AgentHandle, Error>")]
+pub struct Agent;
 
 /// The console log as a stream; with `follow`, on until the VMM exits.
 #[derive(Message)]
@@ -102,11 +108,23 @@ pub struct VmActor {
     waiters: Vec<oneshot::Sender<Result<VmInfo, Error>>>,
     /// While the VMM runs: the console watch that feeds `vm logs -f` and trims the log.
     console: Option<follow::Watch>,
+    /// While the VMM runs: the link to the guest agent.
+    agent: Option<agent::Link>,
 }
 
 impl VmActor {
     pub fn new(record: Record, paths: Paths, vmm: Arc<dyn Vmm>, log: Logger, guard: VmGuard) -> Self {
-        VmActor { record, paths, vmm, log, guard, expected_exit: false, waiters: vec![], console: None }
+        VmActor {
+            record,
+            paths,
+            vmm,
+            log,
+            guard,
+            expected_exit: false,
+            waiters: vec![],
+            console: None,
+            agent: None,
+        }
     }
 
     fn name(&self) -> String {
@@ -139,9 +157,11 @@ impl VmActor {
         self.record.info.state.check(&self.record.info.name, action)
     }
 
-    /// Watches the VMM's pidfd (its exit arrives as `Exited`) and its console until then.
+    /// Watches the VMM's pidfd (its exit arrives as `Exited`) and its console until then, and
+    /// links up with the guest agent.
     fn watch(&mut self, running: &Running, ctx: &mut Context<Self>) {
         self.console = Some(follow::Watch::start(self.paths.console()));
+        self.agent = Some(agent::Link::start(self.vmm.clone(), running.clone(), self.log.clone()));
         let pid = running.pid;
         let addr = ctx.address();
         let log = self.log.clone();
@@ -310,9 +330,20 @@ impl Handler<Stop> for VmActor {
                     let vmm = self.vmm.clone();
                     let r = running.clone();
                     let log = self.log.clone();
+                    // The agent unmounts cleanly; the VMM's own way is for a guest without one.
+                    let agent = self.agent.as_ref().filter(|a| matches!(a.state(), AgentState::Ready(_)));
+                    let agent = agent.map(|a| a.handle());
                     actix::spawn(async move {
+                        if let Some(agent) = agent {
+                            match agent.power_off().await {
+                                Ok(()) => return,
+                                Err(e) => {
+                                    warn!(log, "the agent did not power off; asking the VMM"; "error" => %e.message)
+                                }
+                            }
+                        }
                         if let Err(e) = vmm.shutdown(&r).await {
-                            warn!(log, "Ctrl-Alt-Del failed; the timeout will kill it"; "error" => %e.message);
+                            warn!(log, "the VMM's shutdown failed; the timeout will kill it"; "error" => %e.message);
                         }
                     });
                 }
@@ -358,7 +389,7 @@ impl Handler<Exited> for VmActor {
         // thread. No other message for this VM is handled meanwhile.
         let (vmm, console_log, expected) = (self.vmm.clone(), self.paths.console(), self.expected_exit);
         let read = tokio::task::spawn_blocking(move || {
-            let code = vmm.exit_code(&running);
+            let code = vmm.exit_code(&running, &console_log);
             let lines = (!expected && code != Some(0)).then(|| console::tail(&console_log, 5));
             (code, lines)
         });
@@ -423,6 +454,7 @@ impl VmActor {
     fn end(&mut self, state: VmState, outcome: Result<(), Error>) {
         // The watch sends the VMM's last output to its followers, then ends their streams.
         self.console = None;
+        self.agent = None;
         self.expected_exit = false;
         self.set(state);
         self.release(outcome);
@@ -464,7 +496,20 @@ impl Handler<crate::child::Control> for VmActor {
 impl Handler<Info> for VmActor {
     type Result = MessageResult<Info>;
     fn handle(&mut self, _: Info, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.record.info.clone())
+        let mut info = self.record.info.clone();
+        info.agent = self.agent.as_ref().map(agent::Link::state);
+        MessageResult(info)
+    }
+}
+
+impl Handler<Agent> for VmActor {
+    type Result = Result<agent::AgentHandle, Error>;
+    fn handle(&mut self, _: Agent, _: &mut Context<Self>) -> Self::Result {
+        let name = &self.record.info.name;
+        self.agent.as_ref().map(agent::Link::handle).ok_or_else(|| {
+            Error::new(ErrorKind::Conflict, format!("VM {name} is {}", self.record.info.state))
+                .with_hint(format!("start it first: banger vm start {name}"))
+        })
     }
 }
 

@@ -110,6 +110,7 @@ impl Handler<CreateVm> for VmManager {
         let name = req.name.clone();
         let paths = Paths::new(&self.vms_dir, &req.name);
         let defaults = self.defaults;
+        let default_vmm = self.vmms.default;
         let peers = self.peers.clone();
         let agent = self.agent.clone();
         let work = async move {
@@ -139,7 +140,7 @@ impl Handler<CreateVm> for VmManager {
                     kernel_args: req.kernel_args.clone(),
                     ip: lease.as_ref().map(|l| l.ip.to_string()),
                     mac: lease.as_ref().map(|l| l.mac.clone()),
-                    vmm: req.vmm.unwrap_or_default(),
+                    vmm: req.vmm.unwrap_or(default_vmm),
                 },
                 pid: None,
                 created_at: now(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use protocol::Error;
-use protocol::vm::{VmAction, VmInfo};
+use protocol::vm::{VmAction, VmInfo, VmmKind};
 use tokio::sync::mpsc;
 
 use super::{VmError, VmManager};
@@ -36,13 +36,29 @@ pub struct Logs {
     pub follow: bool,
 }
 
+/// The way to a running VM's guest agent.
+#[derive(Message)]
+#[rtype(result = "Result<vm::agent::AgentHandle, Error>")]
+pub struct AgentOf(pub String);
+
+impl Handler<AgentOf> for VmManager {
+    type Result = ResponseFuture<Result<vm::agent::AgentHandle, Error>>;
+    fn handle(&mut self, AgentOf(name): AgentOf, _: &mut Context<Self>) -> Self::Result {
+        let actor = self.actor(&name);
+        Box::pin(
+            async move { actor?.send(vm::Agent).await.map_err(|_| Error::from(VmError::ActorGone(name)))? },
+        )
+    }
+}
+
 /// Everything the VMM needs to boot `name`, from its actor's record and its peers.
 async fn boot_for(name: String, paths: Paths, actor: Addr<VmActor>, peers: Peers) -> Result<Boot, Error> {
     let info = actor.send(Info).await.map_err(|_| VmError::ActorGone(name.clone()))?;
     // Refused before leasing or looking anything up (the actor checks again as it starts).
     info.state.check(&name, VmAction::Start)?;
     let spec = info.spec;
-    let mut kernel_args = spec.kernel_args.clone();
+    let mut kernel_args = vec![format!("banger.hostname={name}")];
+    kernel_args.extend(spec.kernel_args.iter().cloned());
     let mut ip = None;
     // A VM with a MAC is networked (its address is released when it fails, and leased again
     // here).
@@ -51,16 +67,38 @@ async fn boot_for(name: String, paths: Paths, actor: Addr<VmActor>, peers: Peers
             let net = peers.network();
             net.ask(EnsureBridge).await?;
             let lease = net.ask(LeaseIp(name.clone())).await?;
-            kernel_args.push(lease.kernel_arg());
+            kernel_args.extend(lease.kernel_args());
             ip = Some(lease.ip.to_string());
             Some((lease.bridge, lease.mac))
         }
         None => None,
     };
-    let kernel = peers.kernels().ask(KernelPath(spec.kernel.clone())).await?;
+    let vmlinux = peers.kernels().ask(KernelPath(spec.kernel.clone())).await?;
+    let initrd = Some(paths.dir.join("initrd")).filter(|p| p.is_file());
+    let kernel = match spec.vmm {
+        VmmKind::Firecracker => {
+            // Without an initrd the kernel starts the agent the disk holds.
+            if initrd.is_none() && !spec.kernel_args.iter().any(|a| a.starts_with("init=")) {
+                kernel_args.push("init=/.banger/agent".into());
+            }
+            vmlinux
+        }
+        VmmKind::Qemu => {
+            let bz = vmlinux.with_file_name("bzImage");
+            if !bz.is_file() {
+                return Err(Error::new(
+                    protocol::ErrorKind::InvalidInput,
+                    format!("kernel {} has no bzImage, which QEMU boots", spec.kernel),
+                )
+                .with_hint("import a distro kernel (banger kernel import linux-image-*.deb), or use --vmm firecracker"));
+            }
+            bz
+        }
+    };
     Ok(Boot {
         vm: name,
         kernel,
+        initrd: initrd.filter(|_| spec.vmm == VmmKind::Qemu),
         disk: paths.disk(),
         cpus: spec.cpus,
         memory_mib: spec.memory_mib,

@@ -15,7 +15,6 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -24,7 +23,7 @@ use protocol::{Error, ErrorKind};
 use slog::{Logger, o};
 
 pub use self::create::{CreateVm, Defaults};
-pub use self::lifecycle::{Lifecycle, Logs};
+pub use self::lifecycle::{AgentOf, Lifecycle, Logs};
 pub use self::remove::{MayReplaceImage, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall};
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::network::ReleaseIp;
@@ -32,7 +31,7 @@ use crate::peers::Peers;
 use crate::persist::Persisted;
 use crate::vm::record::{Paths, Record};
 use crate::vm::{Info, VmActor, VmGuard};
-use crate::vmm::Vmm;
+use crate::vmm::Backends;
 
 /// The VmManager's own failures, turned into the wire's [`Error`] in one place.
 #[derive(Debug)]
@@ -100,7 +99,7 @@ pub struct VmManager {
     busy: HashSet<String>,
     /// VMs whose record was unreadable, with why (for `daemon status`).
     damaged: HashMap<String, String>,
-    vmm: Arc<dyn Vmm>,
+    vmms: Backends,
     peers: Peers,
     defaults: Defaults,
     /// The guest agent written into every VM's disk and initrd at create.
@@ -110,13 +109,13 @@ pub struct VmManager {
 }
 
 impl VmManager {
-    pub fn new(cx: ChildCtx, vmm: Arc<dyn Vmm>) -> Self {
+    pub fn new(cx: ChildCtx, vmms: Backends) -> Self {
         VmManager {
             vms_dir: cx.config.layout.state_dir.join("vms"),
             vms: HashMap::new(),
             busy: HashSet::new(),
             damaged: HashMap::new(),
-            vmm,
+            vmms,
             peers: cx.peers,
             defaults: Defaults::for_host().with(cx.config.vm_defaults),
             agent: cx.config.agent.clone(),
@@ -135,7 +134,8 @@ impl VmManager {
             record: Persisted::atomic(paths.record()),
         };
         let log = self.log.new(o!("vm" => name.clone()));
-        let actor = VmActor::new(record, paths, self.vmm.clone(), log, guard).start();
+        let vmm = self.vmms.get(record.info.spec.vmm);
+        let actor = VmActor::new(record, paths, vmm, log, guard).start();
         self.vms.insert(name, actor);
     }
 

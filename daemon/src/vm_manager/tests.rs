@@ -81,8 +81,12 @@ impl Vmm for RecordingVmm {
         let alive = crate::vmm::start_time(running.pid) == Some(running.start_time);
         async move { alive }.boxed()
     }
-    fn exit_code(&self, _: &Running) -> Option<i32> {
+    fn exit_code(&self, _: &Running, _: &std::path::Path) -> Option<i32> {
         Some(0)
+    }
+    /// No guest here: the link keeps trying and the VM stays "waiting" for its agent.
+    fn agent<'a>(&'a self, _: &'a Running) -> BoxFuture<'a, std::io::Result<tokio::net::UnixStream>> {
+        async { Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no guest")) }.boxed()
     }
 }
 
@@ -152,7 +156,12 @@ async fn setup(dir: Option<tempfile::TempDir>) -> Setup {
         handle.result.await.unwrap().unwrap();
     }
     let vmm = Arc::new(RecordingVmm::default());
-    let vms = VmManager::new(cx(dir.path(), "vms", &peers, &parent), vmm.clone()).start();
+    let vmms = crate::vmm::Backends {
+        firecracker: vmm.clone(),
+        qemu: vmm.clone(),
+        default: protocol::vm::VmmKind::Firecracker,
+    };
+    let vms = VmManager::new(cx(dir.path(), "vms", &peers, &parent), vmms).start();
     peers.started(Started::Vms(vms.clone()));
     Setup { dir, vmm, vms, peers }
 }

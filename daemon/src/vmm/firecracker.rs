@@ -29,16 +29,7 @@ impl Firecracker {
     }
 
     async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {
-        let tap = match &boot.network {
-            Some((bridge, mac)) => {
-                let request = HelperRequest::CreateTap { vm: boot.vm.clone(), bridge: bridge.clone() };
-                match self.helper(request, None).await? {
-                    HelperResponse::Tap { name } => Some((name, mac.clone())),
-                    other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
-                }
-            }
-            None => None,
-        };
+        let tap = super::make_tap(&self.peers, &boot).await?;
         let booted = self.launch(&boot, tap.as_ref(), console).await;
         if booted.is_err() && tap.is_some() {
             let _ = self.helper(HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
@@ -101,22 +92,47 @@ impl Vmm for Firecracker {
     }
 
     fn kill<'a>(&'a self, vm: &'a str, running: &'a Running) -> BoxFuture<'a, Result<(), Error>> {
-        async move {
-            self.helper(HelperRequest::KillVm { vm: vm.into(), pid: running.pid }, None).await.map(|_| ())
-        }
-        .boxed()
+        super::kill_through_helper(&self.peers, vm, running).boxed()
     }
 
     fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        super::clean_through_helper(&self.peers, vm).boxed()
+    }
+
+    /// The vsock's host side: a unix socket on which `CONNECT <port>` reaches a guest listener.
+    fn agent<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, std::io::Result<tokio::net::UnixStream>> {
+        let socket = running.control.with_file_name("vsock.sock");
         async move {
-            let tap = self.helper(HelperRequest::DeleteTap { vm: vm.into() }, None).await;
-            self.helper(HelperRequest::CleanJail { vm: vm.into() }, None).await?;
-            tap.map(|_| ())
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::UnixStream::connect(socket).await?;
+            stream.write_all(format!("CONNECT {}\n", protocol::agent::VSOCK_PORT).as_bytes()).await?;
+            // "OK <host port>\n", read a byte at a time so nothing after it is consumed.
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while line.len() < 32 {
+                if stream.read(&mut byte).await? == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "no agent on the vsock",
+                    ));
+                }
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            match line.starts_with(b"OK ") {
+                true => Ok(stream),
+                false => Err(std::io::Error::other(format!(
+                    "the vsock refused: {}",
+                    String::from_utf8_lossy(&line)
+                ))),
+            }
         }
         .boxed()
     }
 
-    fn exit_code(&self, running: &Running) -> Option<i32> {
+    fn exit_code(&self, running: &Running, _: &std::path::Path) -> Option<i32> {
         let log = std::fs::read(running.control.with_file_name("firecracker.log")).ok()?;
         let text = String::from_utf8_lossy(&log);
         let after = text.rsplit_once("exit_code=")?.1;

@@ -1,22 +1,34 @@
 //! The one seam between a VM actor and its VMM. The actor knows VMs (states, disks, consoles);
-//! a backend knows how to run one. Firecracker (through banger-helper and the jailer) is the
-//! first; QEMU microvm comes next, so nothing Firecracker-specific may leak through this trait.
+//! a backend knows how to run one: Firecracker (through banger-helper and the jailer) or QEMU
+//! microvm (through banger-helper's own confinement). Nothing backend-specific leaks through
+//! this trait.
 
 pub mod api;
 pub mod firecracker;
+pub mod qemu;
+pub mod qmp;
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use protocol::Error;
+use protocol::helper::{HelperRequest, HelperResponse};
+use protocol::vm::VmmKind;
 use serde::{Deserialize, Serialize};
+
+use crate::helper::call;
+use crate::peers::Peers;
 
 /// Everything a backend needs to boot a VM.
 #[derive(Debug, Clone)]
 pub struct Boot {
     pub vm: String,
+    /// The backend's kind of kernel: an ELF vmlinux (Firecracker) or a bzImage (QEMU).
     pub kernel: PathBuf,
+    /// The VM's initrd (the guest modules and the agent as `/init`), when its kernel has one.
+    pub initrd: Option<PathBuf>,
     pub disk: PathBuf,
     pub cpus: u32,
     pub memory_mib: u32,
@@ -50,8 +62,59 @@ pub trait Vmm: Send + Sync {
     /// Whether a recorded VMM is still that process and still answers: re-adoption.
     fn alive<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, bool>;
     /// The exit code the VMM reported for itself, once it exited (`None`: it was killed, or
-    /// died without saying). Read before `cleanup`.
-    fn exit_code(&self, running: &Running) -> Option<i32>;
+    /// died without saying). Read before `cleanup`; `console` is the VM's console log.
+    fn exit_code(&self, running: &Running, console: &Path) -> Option<i32>;
+    /// Connects to the guest agent's channel (a byte stream; see `protocol::agent`).
+    fn agent<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, std::io::Result<tokio::net::UnixStream>>;
+}
+
+/// The VMMs a daemon can run, by kind.
+#[derive(Clone)]
+pub struct Backends {
+    pub firecracker: Arc<dyn Vmm>,
+    pub qemu: Arc<dyn Vmm>,
+    /// What a VM gets when it does not choose.
+    pub default: VmmKind,
+}
+
+impl Backends {
+    pub fn get(&self, kind: VmmKind) -> Arc<dyn Vmm> {
+        match kind {
+            VmmKind::Firecracker => self.firecracker.clone(),
+            VmmKind::Qemu => self.qemu.clone(),
+        }
+    }
+}
+
+/// What this host runs best: Firecracker on hardware KVM; QEMU where KVM is missing or is the
+/// software-only `kvm_pvm` (under which a stock Linux kernel never finishes booting).
+pub fn probe() -> (VmmKind, bool) {
+    let hardware_kvm = Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists();
+    match hardware_kvm {
+        true => (VmmKind::Firecracker, true),
+        false => (VmmKind::Qemu, false),
+    }
+}
+
+/// The VM's tap, made by the helper, with the guest's MAC: for a networked boot.
+pub async fn make_tap(peers: &Peers, boot: &Boot) -> Result<Option<(String, String)>, Error> {
+    let Some((bridge, mac)) = &boot.network else { return Ok(None) };
+    let request = HelperRequest::CreateTap { vm: boot.vm.clone(), bridge: bridge.clone() };
+    match call(peers, request, None).await? {
+        HelperResponse::Tap { name } => Ok(Some((name, mac.clone()))),
+        other => Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+    }
+}
+
+pub async fn kill_through_helper(peers: &Peers, vm: &str, running: &Running) -> Result<(), Error> {
+    call(peers, HelperRequest::KillVm { vm: vm.into(), pid: running.pid }, None).await.map(|_| ())
+}
+
+/// The tap and the jail go; the jail's failure is the one reported.
+pub async fn clean_through_helper(peers: &Peers, vm: &str) -> Result<(), Error> {
+    let tap = call(peers, HelperRequest::DeleteTap { vm: vm.into() }, None).await;
+    call(peers, HelperRequest::CleanJail { vm: vm.into() }, None).await?;
+    tap.map(|_| ())
 }
 
 /// The start time of `pid`, if it runs.

@@ -1,0 +1,455 @@
+//! The VM's link to its guest agent: one task per running VM that connects over the VMM's
+//! channel (virtio-serial or vsock), handshakes, gives the guest the host's clock and entropy,
+//! then carries every exec and copy of the VM over that one connection, each by its id. The
+//! link keeps trying while the VM runs: before the first answer the guest is booting; after a
+//! loss (the agent died, a snapshot reset the transport) the VM is degraded until it answers
+//! again. The guest is not trusted: its bytes are decoded with the protocol's limits, and a
+//! bad message ends the connection, never the daemon.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::agent::{AgentEvent, AgentRequest};
+use protocol::exec::{ExecEvent, ExecInput, ExecSpec};
+use protocol::handshake::{Hello, ServerHello, ServiceKind};
+use protocol::stream::{self, Decoder};
+use protocol::vm::AgentState;
+use protocol::{Error, ErrorKind};
+use slog::{Logger, info, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::vmm::{Running, Vmm};
+
+/// How long a booting guest may take before its VM is shown as degraded (it is still tried).
+const BOOT_WAIT: Duration = Duration::from_secs(90);
+/// How long a connected agent may take to answer the handshake and `Sync` once it has started
+/// answering; and a power-off request.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// Between two tries to reach the agent.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// What a session asks the agent to run.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Exec(ExecSpec),
+    CopyIn(String),
+    CopyOut(String),
+}
+
+/// What a running exec's session receives.
+#[derive(Debug)]
+pub enum Delivery {
+    Event(ExecEvent),
+    /// The agent took this many stdin bytes: as many more may be sent.
+    StdinAck(u64),
+}
+
+enum Command {
+    Open {
+        op: Op,
+        deliver: mpsc::UnboundedSender<Delivery>,
+        opened: oneshot::Sender<Result<u32, Error>>,
+    },
+    Input {
+        id: u32,
+        input: ExecInput,
+    },
+    OutputAck {
+        id: u32,
+        bytes: u64,
+    },
+    /// The session is gone before its exec ended: kill it.
+    Close {
+        id: u32,
+    },
+    PowerOff {
+        done: oneshot::Sender<Result<(), Error>>,
+    },
+}
+
+/// The VM actor's end: dropping it ends the link.
+pub struct Link {
+    handle: AgentHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Link {
+    pub fn start(vmm: Arc<dyn Vmm>, running: Running, log: Logger) -> Link {
+        let (state_tx, state) = watch::channel(AgentState::Waiting);
+        let (commands_tx, commands) = mpsc::channel(64);
+        let task = tokio::spawn(run(vmm, running, state_tx, commands, log));
+        Link { handle: AgentHandle { state, commands: commands_tx }, task }
+    }
+
+    pub fn state(&self) -> AgentState {
+        self.handle.state.borrow().clone()
+    }
+
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
+    }
+}
+
+/// What sessions hold to reach the agent.
+#[derive(Clone)]
+pub struct AgentHandle {
+    state: watch::Receiver<AgentState>,
+    commands: mpsc::Sender<Command>,
+}
+
+fn lost() -> Error {
+    Error::new(ErrorKind::Unavailable, "the VM stopped, or its agent link ended")
+        .with_hint("see `banger vm inspect`")
+}
+
+impl AgentHandle {
+    /// Waits up to `timeout` for the agent to be ready.
+    pub async fn ready(&mut self, vm: &str, timeout: Duration) -> Result<(), Error> {
+        let waited =
+            tokio::time::timeout(timeout, self.state.wait_for(|s| matches!(s, AgentState::Ready(_))))
+                .await
+                .map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(lost()),
+            Err(_) => {
+                let state = self.state.borrow().clone();
+                let why = match state {
+                    AgentState::Degraded(why) => format!("VM {vm}'s agent does not answer: {why}"),
+                    _ => format!("VM {vm}'s agent did not answer within {} s", timeout.as_secs()),
+                };
+                Err(Error::new(ErrorKind::Unavailable, why).with_hint(format!(
+                    "its console may say why: banger vm logs {vm}; `banger vm stop {vm}` still works"
+                )))
+            }
+        }
+    }
+
+    /// Starts `op` in the guest.
+    pub async fn open(&self, op: Op) -> Result<Exec, Error> {
+        let (deliver, deliveries) = mpsc::unbounded_channel();
+        let (opened, id) = oneshot::channel();
+        self.commands.send(Command::Open { op, deliver, opened }).await.map_err(|_| lost())?;
+        let id = id.await.map_err(|_| lost())??;
+        Ok(Exec { id, deliveries, commands: self.commands.clone(), ended: false })
+    }
+
+    /// Asks the agent to power the guest off; answered once it has started to.
+    pub async fn power_off(&self) -> Result<(), Error> {
+        let (done, answer) = oneshot::channel();
+        self.commands.send(Command::PowerOff { done }).await.map_err(|_| lost())?;
+        match tokio::time::timeout(ANSWER_WAIT, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(lost()),
+            Err(_) => Err(Error::new(ErrorKind::Unavailable, "the agent did not answer the power-off")),
+        }
+    }
+}
+
+/// One exec (or copy) in the guest. Dropped before it ended, it is killed.
+pub struct Exec {
+    id: u32,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    commands: mpsc::Sender<Command>,
+    ended: bool,
+}
+
+impl Exec {
+    /// The next delivery; `None` once the exec ended or the link is gone.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        if self.ended {
+            return None;
+        }
+        let d = self.deliveries.recv().await;
+        if matches!(d, None | Some(Delivery::Event(ExecEvent::Exited(_) | ExecEvent::Failed { .. }))) {
+            self.ended = true;
+        }
+        d
+    }
+
+    pub async fn input(&self, input: ExecInput) -> Result<(), Error> {
+        self.commands.send(Command::Input { id: self.id, input }).await.map_err(|_| lost())
+    }
+
+    /// This many output bytes were passed on: the agent may send as many more.
+    pub async fn ack(&self, bytes: u64) -> Result<(), Error> {
+        self.commands.send(Command::OutputAck { id: self.id, bytes }).await.map_err(|_| lost())
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.commands.try_send(Command::Close { id: self.id });
+        }
+    }
+}
+
+/// Why a session with the agent ended.
+enum Ended {
+    /// Never got to ready this time (not up yet, or not answering).
+    NotReady(String),
+    /// Was ready, then lost.
+    Lost(String),
+    /// The VM actor let go of the link.
+    Dropped,
+}
+
+async fn run(
+    vmm: Arc<dyn Vmm>,
+    running: Running,
+    state: watch::Sender<AgentState>,
+    mut commands: mpsc::Receiver<Command>,
+    log: Logger,
+) {
+    let started = Instant::now();
+    loop {
+        match session(&*vmm, &running, &state, &mut commands, &log).await {
+            Ended::Dropped => return,
+            Ended::Lost(why) => {
+                warn!(log, "lost the guest agent"; "why" => &why);
+                state.send_replace(AgentState::Degraded(why));
+            }
+            Ended::NotReady(why) => {
+                let degraded = matches!(*state.borrow(), AgentState::Degraded(_));
+                if !degraded && started.elapsed() > BOOT_WAIT {
+                    let why = format!("no answer after {} s ({why})", BOOT_WAIT.as_secs());
+                    warn!(log, "the guest agent does not answer"; "why" => &why);
+                    state.send_replace(AgentState::Degraded(why));
+                }
+            }
+        }
+        // Meanwhile, requests are refused rather than held.
+        let pause = tokio::time::sleep(RETRY);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(command) => refuse(command),
+                },
+            }
+        }
+    }
+}
+
+fn refuse(command: Command) {
+    let not_ready = || Error::new(ErrorKind::Unavailable, "the guest agent is not connected");
+    match command {
+        Command::Open { opened, .. } => {
+            let _ = opened.send(Err(not_ready()));
+        }
+        Command::PowerOff { done } => {
+            let _ = done.send(Err(not_ready()));
+        }
+        Command::Input { .. } | Command::OutputAck { .. } | Command::Close { .. } => {}
+    }
+}
+
+async fn send(out: &mut OwnedWriteHalf, message: &impl serde::Serialize) -> Result<(), String> {
+    let bytes = stream::encode(message).map_err(|e| e.to_string())?;
+    out.write_all(&bytes).await.map_err(|e| format!("cannot write to the agent: {e}"))
+}
+
+/// Reads from the agent until `decoder` yields a message.
+async fn receive<T: serde::de::DeserializeOwned>(
+    input: &mut tokio::net::unix::OwnedReadHalf,
+    decoder: &mut Decoder,
+) -> Result<T, String> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if let Some(message) =
+            decoder.decode_next::<T>().map_err(|e| format!("the agent sent a bad message: {e}"))?
+        {
+            return Ok(message);
+        }
+        let n = input.read(&mut buf).await.map_err(|e| format!("cannot read from the agent: {e}"))?;
+        if n == 0 {
+            return Err("the agent closed the channel".into());
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
+/// 32 bytes from the host's RNG for the guest's.
+fn seed() -> Vec<u8> {
+    let mut bytes = vec![0u8; 32];
+    let _ =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    bytes
+}
+
+async fn session(
+    vmm: &dyn Vmm,
+    running: &Running,
+    state: &watch::Sender<AgentState>,
+    commands: &mut mpsc::Receiver<Command>,
+    log: &Logger,
+) -> Ended {
+    let stream = match vmm.agent(running).await {
+        Ok(s) => s,
+        Err(e) => return Ended::NotReady(e.to_string()),
+    };
+    let (mut input, mut out) = stream.into_split();
+    let mut decoder = Decoder::default();
+    if let Err(why) = send(&mut out, &Hello::new(ServiceKind::Agent, "bangerd")).await {
+        return Ended::NotReady(why);
+    }
+    // A booting guest answers once its agent runs: the Hello waits in the channel till then.
+    let answer = tokio::select! {
+        answer = receive::<ServerHello>(&mut input, &mut decoder) => answer,
+        () = tokio::time::sleep(BOOT_WAIT) => Err("no handshake".into()),
+    };
+    let version = match answer.map(|h| h.result) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Ended::NotReady(format!("the agent refused the handshake: {}", e.message)),
+        Err(why) => return Ended::NotReady(why),
+    };
+    let unix_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64);
+    if let Err(why) = send(&mut out, &AgentRequest::Sync { unix_time_ns, seed: seed() }).await {
+        return Ended::NotReady(why);
+    }
+    let ready = match tokio::time::timeout(ANSWER_WAIT, receive::<AgentEvent>(&mut input, &mut decoder)).await
+    {
+        Ok(Ok(AgentEvent::Ready(ready))) => ready,
+        Ok(Ok(other)) => return Ended::NotReady(format!("the agent answered Sync with {other:?}")),
+        Ok(Err(why)) => return Ended::NotReady(why),
+        Err(_) => return Ended::NotReady("no answer to Sync".into()),
+    };
+    info!(log, "guest agent ready"; "agent" => &ready.software, "protocol" => version,
+          "ready_ms" => ready.timings.ready_us / 1000);
+    state.send_replace(AgentState::Ready(ready));
+    serve(input, decoder, out, commands).await
+}
+
+/// Carries execs both ways until the connection ends.
+async fn serve(
+    mut input: tokio::net::unix::OwnedReadHalf,
+    mut decoder: Decoder,
+    mut out: OwnedWriteHalf,
+    commands: &mut mpsc::Receiver<Command>,
+) -> Ended {
+    let (events_tx, mut events) = mpsc::channel::<Result<AgentEvent, String>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let event = receive::<AgentEvent>(&mut input, &mut decoder).await;
+            let end = event.is_err();
+            if events_tx.send(event).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader);
+    let mut execs: HashMap<u32, mpsc::UnboundedSender<Delivery>> = HashMap::new();
+    let mut power_off: Option<oneshot::Sender<Result<(), Error>>> = None;
+    let mut next_id: u32 = 1;
+    let ended = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Ok(event)) => deliver(event, &mut execs, &mut power_off),
+                Some(Err(why)) => break Ended::Lost(why),
+                None => break Ended::Lost("the agent's reader stopped".into()),
+            },
+            command = commands.recv() => {
+                let Some(command) = command else { return Ended::Dropped };
+                let request = match command {
+                    Command::Open { op, deliver, opened } => {
+                        let id = next_id;
+                        next_id = next_id.wrapping_add(1).max(1);
+                        execs.insert(id, deliver);
+                        let _ = opened.send(Ok(id));
+                        match op {
+                            Op::Exec(spec) => AgentRequest::Exec { id, spec },
+                            Op::CopyIn(path) => AgentRequest::CopyIn { id, path },
+                            Op::CopyOut(path) => AgentRequest::CopyOut { id, path },
+                        }
+                    }
+                    Command::Input { id, input } => AgentRequest::Input { id, input },
+                    Command::OutputAck { id, bytes } => AgentRequest::OutputAck { id, bytes },
+                    Command::Close { id } => match execs.remove(&id) {
+                        Some(_) => AgentRequest::Input { id, input: ExecInput::Signal(libc::SIGKILL) },
+                        None => continue,
+                    },
+                    Command::PowerOff { done } => {
+                        power_off = Some(done);
+                        AgentRequest::PowerOff
+                    }
+                };
+                if let Err(why) = send(&mut out, &request).await {
+                    break Ended::Lost(why);
+                }
+            }
+        }
+    };
+    // Every exec still running hears why it ended.
+    if let Ended::Lost(why) = &ended {
+        for (_, tx) in execs.drain() {
+            let message = format!("lost the guest agent: {why}");
+            let _ = tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
+        }
+    }
+    ended
+}
+
+/// The exit code of an exec whose agent link was lost under it.
+pub const EXIT_LOST: i32 = 255;
+
+fn deliver(
+    event: AgentEvent,
+    execs: &mut HashMap<u32, mpsc::UnboundedSender<Delivery>>,
+    power_off: &mut Option<oneshot::Sender<Result<(), Error>>>,
+) {
+    match event {
+        AgentEvent::Exec { id, event } => {
+            let last = matches!(event, ExecEvent::Exited(_) | ExecEvent::Failed { .. });
+            if let Some(tx) = execs.get(&id) {
+                let _ = tx.send(Delivery::Event(event));
+            }
+            if last {
+                execs.remove(&id);
+            }
+        }
+        AgentEvent::StdinAck { id, bytes } => {
+            if let Some(tx) = execs.get(&id) {
+                let _ = tx.send(Delivery::StdinAck(bytes));
+            }
+        }
+        AgentEvent::Ok => {
+            if let Some(done) = power_off.take() {
+                let _ = done.send(Ok(()));
+            }
+        }
+        AgentEvent::Error { id: Some(id), error } => {
+            if let Some(tx) = execs.remove(&id) {
+                let message = format!("the agent refused: {}", error.message);
+                let _ = tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
+            }
+        }
+        AgentEvent::Error { id: None, error } => {
+            if let Some(done) = power_off.take() {
+                let _ = done.send(Err(error));
+            }
+        }
+        AgentEvent::Ready(_) | AgentEvent::Pong { .. } => {}
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,110 @@
+//! QEMU's `microvm` machine as a [`Vmm`]: launched by banger-helper, which builds its command
+//! line and confines it (see the helper's `qemu.rs`); controlled over QMP. KVM where the host has
+//! hardware virtualisation, TCG where it has none (with the arguments that keep a TCG guest's
+//! TSC calibration from hanging). Its jail holds `run/qmp.sock` and `run/agent.sock` (the guest
+//! agent's virtio-serial port).
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use protocol::Error;
+use protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, QemuSpec};
+
+use super::{Boot, Running, Vmm, qmp, start_time};
+use crate::helper::call;
+use crate::peers::Peers;
+
+pub struct Qemu {
+    peers: Peers,
+    /// Hardware KVM; otherwise TCG.
+    kvm: bool,
+}
+
+/// Without these a TCG guest often hangs calibrating its TSC and delay loop.
+const TCG_ARGS: &str = "tsc_early_khz=2000000 lpj=8000000";
+
+impl Qemu {
+    pub fn new(peers: Peers, kvm: bool) -> Self {
+        Qemu { peers, kvm }
+    }
+
+    async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {
+        let tap = super::make_tap(&self.peers, &boot).await?;
+        let booted = self.launch(&boot, tap.as_ref(), console).await;
+        if booted.is_err() && tap.is_some() {
+            let _ = call(&self.peers, HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
+        }
+        booted
+    }
+
+    async fn launch(
+        &self,
+        boot: &Boot,
+        tap: Option<&(String, String)>,
+        console: OwnedFd,
+    ) -> Result<Running, Error> {
+        let mut cmdline = format!("console=ttyS0 reboot=k panic=1 quiet {}", boot.kernel_args);
+        if !self.kvm {
+            cmdline = format!("{cmdline} {TCG_ARGS}");
+        }
+        let spec = LaunchSpec {
+            vm: boot.vm.clone(),
+            kernel: boot.kernel.display().to_string(),
+            disk: Some(boot.disk.display().to_string()),
+            cpus: boot.cpus,
+            memory_mib: boot.memory_mib,
+            config: None,
+            qemu: Some(QemuSpec {
+                initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
+                cmdline: cmdline.trim().to_string(),
+                tap: tap.map(|(name, _)| name.clone()),
+                mac: tap.map(|(_, mac)| mac.clone()),
+                kvm: self.kvm,
+            }),
+        };
+        let (pid, root) = match call(&self.peers, HelperRequest::LaunchVm(spec), Some(console)).await? {
+            HelperResponse::Launched { pid, jail_root } => (pid, PathBuf::from(jail_root)),
+            other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+        };
+        Ok(Running { pid, start_time: start_time(pid).unwrap_or(0), control: root.join("run/qmp.sock") })
+    }
+}
+
+impl Vmm for Qemu {
+    fn boot(&self, boot: Boot, console: OwnedFd) -> BoxFuture<'_, Result<Running, Error>> {
+        self.boot_inner(boot, console).boxed()
+    }
+
+    /// The ACPI power button. The agent is asked first (see the VM actor); this is for a guest
+    /// without one.
+    fn shutdown<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, Result<(), Error>> {
+        qmp::execute(&running.control, "system_powerdown").map(|r| r.map(|_| ())).boxed()
+    }
+
+    fn kill<'a>(&'a self, vm: &'a str, running: &'a Running) -> BoxFuture<'a, Result<(), Error>> {
+        super::kill_through_helper(&self.peers, vm, running).boxed()
+    }
+
+    fn cleanup<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        super::clean_through_helper(&self.peers, vm).boxed()
+    }
+
+    /// QEMU exits 0 when its guest powers off; it says nothing of it afterwards, so a clean
+    /// power-off is read from the console, where Linux says it last.
+    fn exit_code(&self, _: &Running, console: &std::path::Path) -> Option<i32> {
+        let tail = crate::vm::console::tail(console, 3);
+        tail.contains("reboot: Power down").then_some(0)
+    }
+
+    fn alive<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, bool> {
+        async move { start_time(running.pid) == Some(running.start_time) && qmp::answers(&running.control).await }
+            .boxed()
+    }
+
+    fn agent<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, std::io::Result<tokio::net::UnixStream>> {
+        let socket = running.control.with_file_name("agent.sock");
+        async move { tokio::net::UnixStream::connect(socket).await }.boxed()
+    }
+}
