@@ -3,6 +3,8 @@
 //! packages. The modules banger picks are checked against `depmod`'s own modules.dep, the
 //! initrd and the agent in a VM's disk against what `vm create` promises.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,8 +40,11 @@ fn debian_kernel() -> Option<PathBuf> {
     }
 }
 
-/// The entries (name, mode, data) of concatenated newc archives, trailers left out.
-fn cpio_entries(mut b: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+/// A cpio entry: name, mode, data.
+type Entry = (String, u32, Vec<u8>);
+
+/// The entries of concatenated newc archives, trailers left out.
+fn cpio_entries(mut b: &[u8]) -> Vec<Entry> {
     let mut out = vec![];
     while !b.is_empty() {
         if b[0] == 0 {
@@ -62,7 +67,7 @@ fn cpio_entries(mut b: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
 }
 
 /// The load order a kernel's modules.cpio gives (`/banger/modules`), as module names.
-fn load_order(cpio: &[u8]) -> (Vec<String>, Vec<(String, u32, Vec<u8>)>) {
+fn load_order(cpio: &[u8]) -> (Vec<String>, Vec<Entry>) {
     let entries = cpio_entries(cpio);
     let list = entries.iter().find(|e| e.0 == "banger/modules").expect("/banger/modules");
     let text = String::from_utf8(list.2.clone()).unwrap();

@@ -107,13 +107,16 @@ impl std::fmt::Display for OrderError {
     }
 }
 
+/// A module's dependencies by name: `Ok(None)` when the package has no such module.
+pub type Deps<'a> = dyn FnMut(&str) -> Result<Option<Vec<String>>, String> + 'a;
+
 /// The modules to load for `wanted`, each after everything it depends on. `deps(name)` gives
 /// a module's dependencies, `None` if the package has no such module; built-in ones are left
 /// out (and not followed).
 pub fn load_order(
     wanted: &[&str],
     builtin: &HashSet<String>,
-    deps: &mut dyn FnMut(&str) -> Result<Option<Vec<String>>, String>,
+    deps: &mut Deps<'_>,
 ) -> Result<Vec<String>, OrderError> {
     let mut order = vec![];
     let mut done = HashSet::new();
@@ -127,7 +130,7 @@ pub fn load_order(
 fn visit(
     name: &str,
     builtin: &HashSet<String>,
-    deps: &mut dyn FnMut(&str) -> Result<Option<Vec<String>>, String>,
+    deps: &mut Deps<'_>,
     path: &mut Vec<String>,
     done: &mut HashSet<String>,
     order: &mut Vec<String>,
