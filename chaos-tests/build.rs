@@ -1,5 +1,6 @@
 //! Assembles the test kernel (testkernel/kernel.S) into an ELF the tests boot under
-//! Firecracker; its path is `env!("BANGER_TEST_KERNEL")`. Needs binutils (`as`, `ld`).
+//! Firecracker; its path is `env!("BANGER_TEST_KERNEL")`. Also a static stand-in for the guest
+//! agent (testkernel/agent.S), `env!("BANGER_TEST_AGENT")`. Needs binutils (`as`, `ld`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,4 +22,9 @@ fn main() {
         .arg(&kernel)
         .arg(&object));
     println!("cargo:rustc-env=BANGER_TEST_KERNEL={}", kernel.display());
+    println!("cargo:rerun-if-changed=testkernel/agent.S");
+    let (object, agent) = (out.join("agent.o"), out.join("banger-agent-stand-in"));
+    run(Command::new("as").args(["--64", "-o"]).arg(&object).arg("testkernel/agent.S"));
+    run(Command::new("ld").args(["-m", "elf_x86_64", "-static", "-o"]).arg(&agent).arg(&object));
+    println!("cargo:rustc-env=BANGER_TEST_AGENT={}", agent.display());
 }

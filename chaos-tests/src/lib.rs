@@ -197,6 +197,9 @@ impl TestDaemon {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
         }
+        if !opts.extra_args.iter().any(|a| a == "--agent") {
+            cmd.arg("--agent").arg(agent());
+        }
         cmd.args(&opts.extra_args)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -420,6 +423,34 @@ pub fn verify_blob_cache_keeping_partials(state_dir: &Path) -> (usize, usize) {
 
 /// The tiny test kernel (chaos-tests/testkernel), assembled at build time.
 pub const TEST_KERNEL: &str = env!("BANGER_TEST_KERNEL");
+
+/// A static executable that exits 0: the guest agent where a test only needs one to exist.
+pub const TEST_AGENT: &str = env!("BANGER_TEST_AGENT");
+
+/// The guest agent test daemons get: `BANGER_AGENT` if set, else `banger-agent` beside the
+/// binaries when it is statically linked (the real one, once built), else [`TEST_AGENT`].
+pub fn agent() -> PathBuf {
+    if let Some(path) = std::env::var_os("BANGER_AGENT") {
+        return PathBuf::from(path);
+    }
+    let built = bin_dir().join("banger-agent");
+    match std::fs::read(&built) {
+        Ok(elf) if is_static_elf(&elf) => built,
+        _ => PathBuf::from(TEST_AGENT),
+    }
+}
+
+/// An x86-64 ELF without a PT_INTERP program header.
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let phoff = elf.get(0x20..0x28).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let (Some(phoff), Some(size), Some(n)) = (phoff, u16_at(0x36), u16_at(0x38)) else { return false };
+    elf.starts_with(b"\x7fELF")
+        && (0..n).all(|i| {
+            let at = phoff as usize + i * size;
+            elf.get(at..at + 4).is_some_and(|t| t != 3u32.to_le_bytes())
+        })
+}
 
 /// Where Firecracker is, if this host has it and KVM (`scripts/dev setup` installs it).
 pub fn firecracker() -> Option<PathBuf> {

@@ -334,11 +334,15 @@ pub enum VmCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {
-    /// Import an uncompressed ELF vmlinux.
+    /// Import a kernel: an ELF vmlinux, a bzImage (with --modules for a distro kernel's
+    /// modules), or a Debian linux-image-*.deb. A kernel with modules gets an initrd.
     Import {
         path: PathBuf,
         #[arg(long)]
         name: String,
+        /// The bzImage's modules directory (lib/modules/RELEASE; its name is the release).
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
     },
     /// List kernels.
     #[command(alias = "list")]

@@ -56,6 +56,10 @@ pub struct Args {
     /// (`/etc/banger/bangerd.toml` for the system service). Flags win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The guest agent (a static binary) written into every VM's disk and initrd. Default:
+    /// `banger-agent` beside bangerd's own executable.
+    #[arg(long, env = "BANGER_AGENT")]
+    pub agent: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub log_format: LogFormat,
     /// error, warning, info, debug or trace.
@@ -87,6 +91,8 @@ pub struct Config {
     /// VM defaults the settings file gives (the host's own fill the gaps).
     pub vm_defaults: VmDefaults,
     pub connections: Connections,
+    /// The guest agent binary (checked when a VM is created, not at start).
+    pub agent: PathBuf,
     /// The VMM for VMs that do not choose; `None`: probed.
     pub vmm: Option<protocol::vm::VmmKind>,
 }
@@ -124,6 +130,7 @@ impl Config {
             subnet: Some((std::net::Ipv4Addr::new(10, 250, 250, 0), 24)),
             vm_defaults: VmDefaults::default(),
             connections: Connections::default(),
+            agent: dir.join("banger-agent"),
             vmm: None,
         }
     }
@@ -253,9 +260,21 @@ impl Config {
             },
             vm_defaults: file.vm,
             connections: file.connections.resolve()?,
+            agent: match &args.agent {
+                Some(path) => path.clone(),
+                None => default_agent()?,
+            },
             vmm: args.vmm,
         })
     }
+}
+
+/// `banger-agent` beside this executable.
+fn default_agent() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| {
+        format!("cannot tell where bangerd is ({e}), so not where banger-agent is: pass --agent PATH")
+    })?;
+    Ok(exe.with_file_name("banger-agent"))
 }
 
 /// Big distribution images hold tens of thousands of entries; a million is far past any of

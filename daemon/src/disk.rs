@@ -1,5 +1,6 @@
 //! Disks: a copy-on-write clone of a file (FICLONE where the filesystem can, else a sparse
-//! copy), and an ext4 image grown to a size (file and filesystem).
+//! copy), an ext4 image grown to a size (file and filesystem), and the guest agent written
+//! into one without mounting it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -37,6 +38,74 @@ pub fn grow(path: &Path, size: u64) -> Result<(), String> {
         .map_err(|e| format!("cannot run resize2fs: {e}"))?;
     if !out.status.success() {
         return Err(format!("resize2fs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// Where the agent lives in every VM's disk (the kernel command line's `init=` without an
+/// initrd).
+pub const AGENT_IN_DISK: &str = "/.banger/agent";
+
+/// Writes the host file `agent` into the ext4 image `disk` as `/.banger/agent`, mode 0755,
+/// owned by root, with debugfs (no mount, no root needed), and checks the result. Whatever the
+/// image had at `/.banger` (a file, a link) is replaced by a directory.
+pub fn install_agent(disk: &Path, agent: &Path) -> Result<(), String> {
+    let debugfs = crate::image_cache::flatten::find_program("debugfs")
+        .ok_or("debugfs is not installed (e2fsprogs): banger writes the guest agent into disks with it")?;
+    let (Some(dir), Some(file)) = (agent.parent(), agent.file_name().and_then(|f| f.to_str())) else {
+        return Err(format!("{} is not a file path", agent.display()));
+    };
+    if file.contains(char::is_whitespace) || file.contains('"') {
+        return Err(format!("{} has a name debugfs cannot take", agent.display()));
+    }
+    let size = std::fs::metadata(agent).map_err(|e| format!("cannot read {}: {e}", agent.display()))?.len();
+    // `rm /.banger` first: it removes a link or file there (never a directory), so the paths
+    // below cannot lead elsewhere in the image.
+    let script = format!(
+        "rm /.banger\nrm {AGENT_IN_DISK}\nmkdir /.banger\n\
+         set_inode_field /.banger mode 040755\nset_inode_field /.banger uid 0\nset_inode_field /.banger gid 0\n\
+         write {file} {AGENT_IN_DISK}\nset_inode_field {AGENT_IN_DISK} mode 0100755\n\
+         set_inode_field {AGENT_IN_DISK} uid 0\nset_inode_field {AGENT_IN_DISK} gid 0\n"
+    );
+    let mut child = crate::subprocess::dies_with_daemon(&debugfs)
+        .args(["-w", "-f", "-"])
+        .arg(disk)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(script.as_bytes()).map_err(|e| format!("cannot talk to debugfs: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("cannot run debugfs: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("debugfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    // debugfs goes on past a failed command: what counts is what the image holds now.
+    let stat = |path: &str| -> Result<String, String> {
+        let out = crate::subprocess::dies_with_daemon(&debugfs)
+            .arg("-R")
+            .arg(format!("stat {path}"))
+            .arg(disk)
+            .output()
+            .map_err(|e| format!("cannot run debugfs: {e}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (dir_stat, agent_stat) = (stat("/.banger")?, stat(AGENT_IN_DISK)?);
+    let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>().join(" ");
+    let (dir_stat, agent_stat) = (words(&dir_stat), words(&agent_stat));
+    let ok = dir_stat.contains("Type: directory")
+        && agent_stat.contains("Type: regular Mode: 0755")
+        && agent_stat.contains("User: 0 Group: 0")
+        && agent_stat.contains(&format!("Size: {size} "));
+    if !ok {
+        return Err(format!(
+            "the guest agent did not land in the disk as {AGENT_IN_DISK} (full, or not ext4?); debugfs said: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(())
 }
@@ -79,6 +148,37 @@ mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     use super::*;
+
+    #[test]
+    fn the_agent_lands_in_the_disk_as_root_0755_even_over_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/bin", root.join(".banger")).unwrap();
+        let disk = dir.path().join("disk.ext4");
+        File::create(&disk).unwrap().set_len(32 << 20).unwrap();
+        let mkfs = std::process::Command::new("mkfs.ext4").args(["-q", "-d"]).arg(&root).arg(&disk).status();
+        if !mkfs.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: mkfs.ext4 (e2fsprogs) is not installed");
+            return;
+        }
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, vec![0x41u8; 100_001]).unwrap();
+        install_agent(&disk, &agent).unwrap();
+        install_agent(&disk, &agent).unwrap(); // again: replaced, not refused
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", "cat /.banger/agent"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, vec![0x41u8; 100_001]);
+        let out =
+            std::process::Command::new("debugfs").args(["-R", "ls -l /bin"]).arg(&disk).output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("agent"), "not written through the link");
+        let text = std::fs::write(dir.path().join("not-ext4"), b"plain file");
+        text.unwrap();
+        assert!(install_agent(&dir.path().join("not-ext4"), &agent).is_err());
+    }
 
     #[test]
     fn a_copy_keeps_content_and_holes() {

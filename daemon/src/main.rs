@@ -12,6 +12,7 @@ mod config;
 mod connection;
 mod disk;
 mod fsutil;
+mod guest_agent;
 mod helper;
 mod image_cache;
 mod kernels;

@@ -33,6 +33,11 @@ impl Paths {
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.ext4")
     }
+    /// The VM's initrd (its kernel's modules and the agent as `/init`); absent when its kernel
+    /// has no modules (it boots `init=/.banger/agent` from the disk).
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd")
+    }
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
     }

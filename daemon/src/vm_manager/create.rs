@@ -1,6 +1,7 @@
 //! `vm create`: every setting checked against the host and the VMM's limits first, then the
 //! kernel checked, the disk sized against the image (the image store refuses one too small for
-//! it) and cloned, an address leased, and the record written.
+//! it) and cloned, the guest agent written into it (and, for a kernel with modules, the VM's
+//! initrd made), an address leased, and the record written.
 
 use actix::prelude::*;
 use protocol::Error;
@@ -10,7 +11,7 @@ use slog::info;
 use super::{VmError, VmManager};
 use crate::fsutil::{blocking, now};
 use crate::image_cache::{BaseDisk, BaseDiskFor};
-use crate::kernels::KernelPath;
+use crate::kernels::{GetKernelFiles, initrd};
 use crate::network::LeaseIp;
 use crate::vm::record::{Paths, Record};
 
@@ -111,9 +112,10 @@ impl Handler<CreateVm> for VmManager {
         let defaults = self.defaults;
         let default_vmm = self.vmms.default;
         let peers = self.peers.clone();
+        let agent = self.agent.clone();
         let work = async move {
             let kernel = req.kernel.clone().unwrap_or_else(|| "default".into());
-            peers.kernels().ask(KernelPath(kernel.clone())).await?;
+            let files = peers.kernels().ask(GetKernelFiles(kernel.clone())).await?;
             let BaseDiskFor { base, disk_bytes } = peers
                 .images()
                 .ask(BaseDisk {
@@ -149,12 +151,14 @@ impl Handler<CreateVm> for VmManager {
             let record = Record { info, running: None };
             let (p, r) = (paths.clone(), record.clone());
             blocking(move || {
+                let agent = crate::guest_agent::load(&agent)?;
                 // Never over a directory already there: it would be another VM's data.
                 std::fs::create_dir(&p.dir).map_err(|e| match e.kind() {
                     std::io::ErrorKind::AlreadyExists => VmError::Exists(r.info.name.clone()).into(),
                     _ => Error::internal(format!("cannot create {}: {e}", p.dir.display())),
                 })?;
                 let made = crate::disk::clone_file(&base, &p.disk())
+                    .and_then(|()| guest_files(&p, &agent, files.modules_cpio.as_deref()))
                     .map_err(Error::internal)
                     .and_then(|()| r.save(&p));
                 if made.is_err() {
@@ -177,4 +181,17 @@ impl Handler<CreateVm> for VmManager {
             Ok(info)
         }))
     }
+}
+
+/// The agent written into the VM's disk, and the VM's initrd when its kernel has modules.
+fn guest_files(p: &Paths, agent: &[u8], modules_cpio: Option<&std::path::Path>) -> Result<(), String> {
+    let copy = p.dir.join("agent.tmp");
+    std::fs::write(&copy, agent).map_err(|e| format!("cannot write {}: {e}", copy.display()))?;
+    let installed = crate::disk::install_agent(&p.disk(), &copy);
+    let _ = std::fs::remove_file(&copy);
+    installed?;
+    if let Some(modules) = modules_cpio {
+        initrd::write(modules, agent, &p.initrd())?;
+    }
+    Ok(())
 }

@@ -102,6 +102,8 @@ pub struct VmManager {
     vmms: Backends,
     peers: Peers,
     defaults: Defaults,
+    /// The guest agent written into every VM's disk and initrd at create.
+    agent: PathBuf,
     log: Logger,
     guard: ChildGuard,
 }
@@ -116,6 +118,7 @@ impl VmManager {
             vmms,
             peers: cx.peers,
             defaults: Defaults::for_host().with(cx.config.vm_defaults),
+            agent: cx.config.agent.clone(),
             log: cx.log,
             guard: cx.guard,
         }

@@ -131,6 +131,8 @@ async fn setup(dir: Option<tempfile::TempDir>) -> Setup {
     let images = ImageCache::new(cx(dir.path(), "images", &peers, &parent)).start();
     peers.started(Started::Images(images.clone()));
     if !dir.path().join("kernels/default").exists() {
+        // A static ELF stands in for the guest agent (Config::for_tests looks for it here).
+        std::fs::write(dir.path().join("banger-agent"), crate::kernels::test_elf(0x2000, 1, 0x1000)).unwrap();
         let path = dir.path().join("vmlinux");
         std::fs::write(&path, crate::kernels::test_elf(0x2000, 1, 0x1000)).unwrap();
         let input = std::fs::File::open(&path).unwrap();

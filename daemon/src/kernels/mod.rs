@@ -1,8 +1,15 @@
-//! KernelStore: owns `kernels/<name>/` (`vmlinux` and `kernel.json`). Takes `ImportKernel`,
-//! `ListKernels`, `RemoveKernel`, `KernelPath`, and `Describe`/`Control` from the supervisor.
-//! All file work runs on blocking threads.
+//! KernelStore: owns `kernels/<name>/`: `vmlinux` (ELF, Firecracker), `bzImage` (QEMU),
+//! `modules.cpio` (the guest's modules, the first part of every VM's initrd) and
+//! `kernel.json`. Takes `ImportKernel`, `ListKernels`, `RemoveKernel`, `KernelPath`,
+//! `KernelFiles`, and `Describe`/`Control` from the supervisor. All file work runs on blocking
+//! threads; an import is made in a scratch directory and renamed into place whole.
 
-use std::io::Read;
+mod archive;
+pub mod cpio;
+mod import;
+pub mod initrd;
+mod modules;
+
 use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
@@ -42,8 +49,27 @@ pub struct RemoveKernel(pub String);
 #[rtype(result = "Result<PathBuf, Error>")]
 pub struct KernelPath(pub String);
 
+/// Every file a kernel is kept as: what a VMM boots and what a VM's initrd starts with.
+#[derive(Message)]
+#[rtype(result = "Result<KernelFiles, Error>")]
+pub struct GetKernelFiles(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFiles {
+    /// The ELF (Firecracker boots it); every kernel has one.
+    pub vmlinux: PathBuf,
+    /// The bzImage (QEMU boots it), for kernels imported from one.
+    pub bzimage: Option<PathBuf>,
+    /// The guest's modules as a newc cpio; a VM's initrd is this followed by `/init`
+    /// ([`initrd::write`]). `None`: the kernel needs no initrd (it boots `init=/.banger/agent`).
+    pub modules_cpio: Option<PathBuf>,
+    pub release: Option<String>,
+}
+
 pub struct KernelStore {
     dir: PathBuf,
+    /// The guest agent, whose size counts in each kernel's initrd.
+    agent: PathBuf,
     guard: ChildGuard,
     log: Logger,
     /// What was made of unreadable metadata, for `daemon status`.
@@ -54,6 +80,7 @@ impl KernelStore {
     pub fn new(cx: ChildCtx) -> Self {
         KernelStore {
             dir: cx.config.layout.state_dir.join("kernels"),
+            agent: cx.config.agent.clone(),
             guard: cx.guard,
             log: cx.log,
             recovered: vec![],
@@ -77,12 +104,15 @@ impl From<KernelError> for Error {
     fn from(e: KernelError) -> Error {
         match e {
             KernelError::NotBootable(why) => {
-                Error::new(ErrorKind::InvalidInput, format!("not a kernel banger can boot: {why}"))
-                    .with_hint("import an x86-64 vmlinux (ELF) or bzImage")
+                Error::new(ErrorKind::InvalidInput, format!("not a kernel banger can boot: {why}")).with_hint(
+                    "import an x86-64 vmlinux (ELF), a bzImage (with --modules /lib/modules/RELEASE for \
+                     its modules), or a Debian linux-image-*.deb",
+                )
             }
-            KernelError::TooLarge => {
-                Error::new(ErrorKind::InvalidInput, "the file is over 512 MiB; that is not a kernel")
-            }
+            KernelError::TooLarge => Error::new(
+                ErrorKind::InvalidInput,
+                "the file is over the size limit (a kernel 512 MiB, a package 1 GiB); that is not a kernel",
+            ),
             KernelError::Exists(name) => {
                 Error::new(ErrorKind::Conflict, format!("a kernel named {name:?} exists"))
                     .with_hint(format!("remove it first: banger kernel rm {name}"))
@@ -120,25 +150,18 @@ pub fn extract_bzimage(bytes: &[u8]) -> Result<Vec<u8>, Error> {
         .get(start..start + u32_at(0x24c).unwrap_or(0))
         .filter(|p| !p.is_empty())
         .ok_or_else(|| invalid("a bzImage whose payload lies outside the file"))?;
-    let mut out = vec![];
-    let limited = |r: &mut dyn Read, out: &mut Vec<u8>| r.take(MAX_KERNEL + 1).read_to_end(out).map(|_| ());
-    let decoded = if payload.starts_with(&[0x1f, 0x8b]) {
-        limited(&mut flate2::read::GzDecoder::new(payload), &mut out)
-    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        zstd::stream::read::Decoder::new(payload).and_then(|mut d| limited(&mut d, &mut out))
-    } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(payload), &mut out)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    } else {
+    if archive::Compression::sniff(payload) == archive::Compression::None {
         return Err(invalid(
-            "a bzImage compressed with a method banger does not read (it reads gzip, xz and zstd)",
+            "a bzImage compressed with a method banger does not read (it reads gzip, xz, zstd and lz4)",
         )
         .with_hint("extract it with the kernel's scripts/extract-vmlinux, then import that"));
-    };
-    decoded.map_err(|e| invalid(&format!("its bzImage payload does not decompress: {e}")))?;
-    if out.len() as u64 > MAX_KERNEL {
-        return Err(invalid("its payload decompresses to over 512 MiB"));
     }
+    let mut out = vec![];
+    let decoded = archive::unpack(&mut &payload[..], &mut out, MAX_KERNEL).map_err(|e| match e {
+        archive::Unpack::TooLarge => "it decompresses to over 512 MiB".to_string(),
+        archive::Unpack::Bad(why) => why,
+    });
+    decoded.map_err(|e| invalid(&format!("its bzImage payload does not decompress: {e}")))?;
     Ok(out)
 }
 
@@ -196,40 +219,60 @@ fn import(dir: &Path, name: &str, source: &str, input: std::fs::File) -> Result<
     if target.exists() {
         return Err(KernelError::Exists(name.into()).into());
     }
-    let mut bytes = vec![];
-    input
-        .take(MAX_KERNEL + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| KernelError::Io(format!("cannot read the kernel: {e}")))?;
-    if bytes.len() as u64 > MAX_KERNEL {
-        return Err(KernelError::TooLarge.into());
-    }
-    // A bzImage is unpacked to the ELF vmlinux Firecracker boots.
-    let bytes = if is_bzimage(&bytes) { extract_bzimage(&bytes)? } else { bytes };
-    check_elf(&bytes)?;
-    let staging = dir.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| KernelError::Io(format!("cannot store the kernel: {e}")))?;
+    let store =
+        |e: std::io::Error| -> Error { KernelError::Io(format!("cannot store the kernel: {e}")).into() };
+    std::fs::create_dir_all(dir).map_err(store)?;
+    // Scratch (unpacked package data) and the kernel's directory in the making; removed when
+    // this returns, whatever happened.
+    let scratch = tempfile::Builder::new().prefix(".tmp-").tempdir_in(dir).map_err(store)?;
+    let got = import::read(input, scratch.path())?;
+    let staging = scratch.path().join("kernel");
+    std::fs::create_dir(&staging).map_err(store)?;
     let info = KernelInfo {
         name: name.into(),
-        bytes: bytes.len() as u64,
+        bytes: got.vmlinux.len() as u64,
         added_at: now(),
         source: source.into(),
-        release: None,
+        release: got.release.clone(),
         vmlinux: true,
-        bzimage: false,
-        initrd_bytes: None,
+        bzimage: got.bzimage.is_some(),
+        initrd_bytes: got.modules.as_ref().map(|(cpio, _)| cpio.len() as u64),
     };
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
-    let written = write_atomic(&staging.join("vmlinux"), &bytes)
-        .and_then(|()| write_atomic(&staging.join("kernel.json"), &json))
-        .and_then(|()| std::fs::rename(&staging, &target));
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(KernelError::Io(format!("cannot store the kernel: {e}")).into());
+    write_atomic(&staging.join("vmlinux"), &got.vmlinux).map_err(store)?;
+    if let Some(bz) = &got.bzimage {
+        write_atomic(&staging.join("bzImage"), bz).map_err(store)?;
     }
+    if let Some((cpio, _)) = &got.modules {
+        write_atomic(&staging.join("modules.cpio"), cpio).map_err(store)?;
+    }
+    write_atomic(&staging.join("kernel.json"), &json).map_err(store)?;
+    rename_noreplace(&staging, &target).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => KernelError::Exists(name.into()).into(),
+        _ => store(e),
+    })?;
+    crate::fsutil::sync_dir(dir);
     Ok(info)
+}
+
+/// Renames `from` to `to`, failing if `to` exists (even as an empty directory).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that live across the call.
+    let r = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// A kernel's size in `kernel ls`: with the agent's part of the initrd when it has one.
+fn with_agent(mut info: KernelInfo, agent: &Path) -> KernelInfo {
+    if let (Some(modules), Ok(meta)) = (info.initrd_bytes, std::fs::metadata(agent)) {
+        info.initrd_bytes = Some(modules + initrd::init_cpio_len(meta.len()));
+    }
+    info
 }
 
 /// Every kernel. One whose `kernel.json` cannot be read is kept aside and its metadata made
@@ -284,8 +327,8 @@ fn remake(dir: &Path, name: &str, why: String) -> Result<(KernelInfo, String), E
         source: format!("unknown (kernel.json was unreadable: {why})"),
         release: None,
         vmlinux: true,
-        bzimage: false,
-        initrd_bytes: None,
+        bzimage: dir.join(name).join("bzImage").is_file(),
+        initrd_bytes: std::fs::metadata(dir.join(name).join("modules.cpio")).ok().map(|m| m.len()),
     };
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::internal(e.to_string()))?;
     write_atomic(&meta, &json)
@@ -302,28 +345,55 @@ fn path(dir: &Path, name: &str) -> Result<PathBuf, Error> {
     if p.is_file() { Ok(p) } else { Err(KernelError::NotFound(name.into()).into()) }
 }
 
+fn files(dir: &Path, name: &str) -> Result<KernelFiles, Error> {
+    let vmlinux = path(dir, name)?;
+    let kept = |file: &str| Some(dir.join(name).join(file)).filter(|p| p.is_file());
+    let release = std::fs::read(dir.join(name).join("kernel.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<KernelInfo>(&b).ok())
+        .and_then(|k| k.release);
+    Ok(KernelFiles { vmlinux, bzimage: kept("bzImage"), modules_cpio: kept("modules.cpio"), release })
+}
+
 impl Actor for KernelStore {
     type Context = Context<Self>;
     fn started(&mut self, _: &mut Context<Self>) {
+        // Scratch left by an import the daemon died in.
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         self.guard.started();
+    }
+}
+
+impl Handler<GetKernelFiles> for KernelStore {
+    type Result = ResponseFuture<Result<KernelFiles, Error>>;
+    fn handle(&mut self, GetKernelFiles(name): GetKernelFiles, _: &mut Context<Self>) -> Self::Result {
+        let dir = self.dir.clone();
+        Box::pin(blocking(move || files(&dir, &name)))
     }
 }
 
 impl Handler<ImportKernel> for KernelStore {
     type Result = ResponseFuture<Result<KernelInfo, Error>>;
     fn handle(&mut self, msg: ImportKernel, _: &mut Context<Self>) -> Self::Result {
-        let dir = self.dir.clone();
-        Box::pin(blocking(move || import(&dir, &msg.name, &msg.source, msg.input)))
+        let (dir, agent) = (self.dir.clone(), self.agent.clone());
+        Box::pin(blocking(move || {
+            import(&dir, &msg.name, &msg.source, msg.input).map(|k| with_agent(k, &agent))
+        }))
     }
 }
 
 impl Handler<ListKernels> for KernelStore {
     type Result = ResponseActFuture<Self, Result<Vec<KernelInfo>, Error>>;
     fn handle(&mut self, _: ListKernels, _: &mut Context<Self>) -> Self::Result {
-        let dir = self.dir.clone();
+        let (dir, agent) = (self.dir.clone(), self.agent.clone());
         let read = blocking(move || {
             let mut notes = vec![];
-            list(&dir, &mut notes).map(|kernels| (kernels, notes))
+            list(&dir, &mut notes)
+                .map(|kernels| (kernels.into_iter().map(|k| with_agent(k, &agent)).collect(), notes))
         });
         Box::pin(read.into_actor(self).map(|listed, act, _| {
             let (kernels, notes) = listed?;
@@ -468,11 +538,11 @@ mod tests {
         gz.write_all(&elf).unwrap();
         assert_eq!(extract_bzimage(&bzimage(&gz.finish().unwrap())).unwrap(), elf);
         assert_eq!(extract_bzimage(&bzimage(&zstd::encode_all(&elf[..], 3).unwrap())).unwrap(), elf);
-        let mut xz = vec![];
-        lzma_rs::xz_compress(&mut &elf[..], &mut xz).unwrap();
-        assert_eq!(extract_bzimage(&bzimage(&xz)).unwrap(), elf);
+        let mut xz = xz2::write::XzEncoder::new(vec![], 1);
+        xz.write_all(&elf).unwrap();
+        assert_eq!(extract_bzimage(&bzimage(&xz.finish().unwrap())).unwrap(), elf);
         let err = extract_bzimage(&bzimage(b"BZh91AY&SY")).unwrap_err();
-        assert!(err.message.contains("gzip, xz and zstd"), "{err:?}");
+        assert!(err.message.contains("gzip, xz, zstd and lz4"), "{err:?}");
         let mut truncated = bzimage(b"\x1f\x8b\x08");
         truncated.truncate(0x260);
         assert!(extract_bzimage(&truncated).is_err());
