@@ -546,8 +546,9 @@ impl Jails {
         if let Some(disk) = disk {
             bind_into(disk, &root, qemu::DISK)?;
         }
-        let etc = root.new_dir("etc", 0o755).map_err(fail)?;
-        drop(etc);
+        for dir in ["etc", "dev"] {
+            root.new_dir(dir, 0o755).map_err(fail)?;
+        }
         for (host, inside, is_dir) in qemu::LENT {
             lend(&root, host, inside, is_dir)?;
         }
@@ -555,7 +556,6 @@ impl Jails {
             nix::unistd::symlinkat(target, root.fd(), link).map_err(fail)?;
         }
         if q.kvm {
-            root.new_dir("dev", 0o755).map_err(fail)?;
             lend(&root, "/dev/kvm", "dev/kvm", false)?;
         }
         let run = root.new_dir(qemu::RUN, 0o700).map_err(fail)?;
@@ -755,8 +755,8 @@ fn read_pid(root: &Dir, kind: Kind) -> Result<u32, Error> {
 }
 
 /// What a jail holds that lives outside it, bind-mounted in (QEMU's: `qemu::LENT` too).
-const BOUND: [&str; 7] =
-    ["vmlinux", "disk.ext4", qemu::KERNEL, qemu::INITRD, "usr", "etc/ld.so.cache", "dev/kvm"];
+const BOUND: [&str; 8] =
+    ["vmlinux", "disk.ext4", qemu::KERNEL, qemu::INITRD, "usr", "etc/ld.so.cache", "dev/null", "dev/kvm"];
 
 /// Bind-mounts `source` (a checked file's descriptor) at `name` in the jail root, made empty
 /// first. Both ends are named by descriptor, so neither can be redirected since its check.
