@@ -47,6 +47,7 @@ const APPLETS: &[&str] = &[
     "dd",
     "rm",
     "test",
+    "nc",
 ];
 
 /// The `/etc/os-release` of the `busybox` image, which `vm run busybox -- cat /etc/os-release`
@@ -99,6 +100,11 @@ pub struct GuestHost {
 impl GuestHost {
     /// `None` (after saying why) where this host cannot boot a real guest.
     pub async fn start() -> Option<Self> {
+        Self::start_as(None).await
+    }
+
+    /// With `owner`, bangerd runs as that uid and gid, and so do its VMMs.
+    pub async fn start_as(owner: Option<(u32, u32)>) -> Option<Self> {
         if !capable("root", is_root(), "VMs need the root helper") {
             return None;
         }
@@ -119,11 +125,17 @@ impl GuestHost {
         let dir = tempfile::Builder::new().prefix("banger-guest-test-").tempdir().expect("temp dir");
         let socket = dir.path().join("run/helper.sock");
         std::fs::create_dir_all(socket.parent().expect("run dir")).expect("run dir");
-        let helper = TestHelper::start_in(&socket, 0, dir.path()).await;
+        if let Some((uid, gid)) = owner {
+            for d in [dir.path(), socket.parent().expect("run dir")] {
+                let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
+                nix::unistd::chown(d, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let helper = TestHelper::start_in(&socket, owner.map_or(0, |o| o.0), dir.path()).await;
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + std::process::id() as usize % 64 * 4;
         let (bridge, subnet) = (format!("bangerg{:x}", n % 0xffff), format!("10.251.{}.0/24", n % 250));
         let extra_args = vec!["--bridge".into(), bridge.clone(), "--subnet".into(), subnet];
-        let opts = DaemonOpts { helper_socket: Some(socket), extra_args, ..Default::default() };
+        let opts = DaemonOpts { helper_socket: Some(socket), extra_args, user: owner, ..Default::default() };
         let daemon = TestDaemon::start_in(dir, opts).await;
         let guests = GuestHost { host: VmHost { daemon, helper, bridge } };
         guests.ok(&["kernel", "import", kernel.to_str().expect("kernel path"), "--name", "default"]);

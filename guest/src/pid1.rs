@@ -1,7 +1,9 @@
 //! PID 1 in the guest: the initrd stage (if `/` is the initramfs), the system's mounts,
-//! hostname and network, then the agent on its channel while this thread takes signals and
-//! reaps. It keeps serving when the workload eats the CPU or memory (raised priority,
-//! `oom_score_adj` -1000; children get both reset), and powers off cleanly on request.
+//! hostname and network; then it starts the agent's server as a child and, for the life of the
+//! guest, takes signals, reaps orphans, and starts the server again if it dies (a process
+//! killed inside the guest must not take PID 1, and so the kernel, with it). Both keep serving
+//! when the workload eats the CPU or memory (raised priority, `oom_score_adj` -1000; execs get
+//! both reset); the server powers off cleanly on request.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,6 +53,41 @@ pub fn run() -> ! {
     }
     setup(&config);
     let reaper = Arc::new(Reaper::default());
+    start_server(&reaper, timings);
+    crate::signals::run(&reaper, &|signal| {
+        // SIGTERM / SIGINT (Ctrl-Alt-Del) and the like: pass them on to every process.
+        let _ = kill(Pid::from_raw(-1), signal);
+    })
+}
+
+/// Forks the agent's server; when it exits, starts another. PID 1 stays single-threaded, so
+/// forking it is safe.
+fn start_server(reaper: &Arc<Reaper>, timings: BootTimings) {
+    let again = reaper.clone();
+    let first = timings.clone();
+    let fork = move || {
+        // SAFETY: PID 1 has no other thread; the child runs `server` and never returns here.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => server(first),
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
+            Err(e) => Err(e),
+        }
+    };
+    let on_exit = Box::new(move |status| {
+        crate::log!("the agent's server ended ({status:?}); starting it again");
+        // Not in a tight loop, should it die at once every time.
+        std::thread::sleep(Duration::from_millis(100));
+        start_server(&again, timings);
+    });
+    if let Err(e) = reaper.spawn(fork, on_exit) {
+        crate::log!("cannot start the agent's server: {e}");
+    }
+}
+
+/// The agent's server, in its own process: the protocol on the channel, and the execs as its
+/// children (it reaps them; their orphans go to PID 1).
+fn server(timings: BootTimings) -> ! {
+    let reaper = Arc::new(Reaper::default());
     let r = reaper.clone();
     let agent = Arc::new(Agent {
         reaper: reaper.clone(),
@@ -62,10 +99,13 @@ pub fn run() -> ! {
     let a = agent.clone();
     if let Err(e) = std::thread::Builder::new().name("sessions".into()).spawn(move || serve(&a)) {
         crate::log!("cannot start the agent: {e}");
+        std::process::exit(1);
     }
     crate::signals::run(&reaper, &|signal| {
-        // SIGTERM / SIGINT (Ctrl-Alt-Del) and the like: pass them on to every process.
-        let _ = kill(Pid::from_raw(-1), signal);
+        // Told to stop (PID 1 passes on what it is sent): its execs go with it.
+        crate::log!("the agent's server stops on {signal}");
+        crate::signals::kill_children(&reaper, Duration::from_secs(1));
+        std::process::exit(0);
     })
 }
 

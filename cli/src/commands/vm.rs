@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 
 use protocol::daemon::{Request, Response};
-use protocol::vm::{VmCreate, VmInfo};
+use protocol::vm::{AgentState, VmCreate, VmInfo};
 use protocol::{Error, ErrorKind};
 use serde_json::json;
 
@@ -118,8 +118,8 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
 
 fn table(list: &[VmInfo], out: &Output) -> String {
     let mut text = format!(
-        "{:<20} {:<10} {:>4} {:>9} {:<16} {:>8}\n",
-        "NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "PID"
+        "{:<20} {:<10} {:>4} {:>9} {:<16} {:>8} {:<11} {}\n",
+        "NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "PID", "VMM", "AGENT"
     );
     for v in list {
         let state = match &v.state {
@@ -133,14 +133,22 @@ fn table(list: &[VmInfo], out: &Output) -> String {
             _ => Tone::Dim,
         };
         let pid = v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let (agent, agent_tone) = match &v.agent {
+            None => ("-", Tone::Dim),
+            Some(AgentState::Waiting) => ("waiting", Tone::Dim),
+            Some(AgentState::Ready(_)) => ("ready", Tone::Good),
+            Some(AgentState::Degraded(_)) => ("degraded", Tone::Bad),
+        };
         text.push_str(&format!(
-            "{:<20} {} {:>4} {:>5} MiB {:<16} {:>8}\n",
+            "{:<20} {} {:>4} {:>5} MiB {:<16} {:>8} {:<11} {}\n",
             escape(&v.name),
             out.paint(tone, &format!("{state:<10}")),
             v.spec.cpus,
             v.spec.memory_mib,
             escape(&v.spec.image),
-            pid
+            pid,
+            v.spec.vmm.name(),
+            out.paint(agent_tone, agent),
         ));
     }
     text

@@ -28,8 +28,14 @@ const BOOT_WAIT: Duration = Duration::from_secs(90);
 /// How long a connected agent may take to answer the handshake and `Sync` once it has started
 /// answering; and a power-off request.
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// How long a request waits for a degraded agent to come back before it is refused.
+const DEGRADED_GRACE: Duration = Duration::from_secs(3);
 /// Between two tries to reach the agent.
 const RETRY: Duration = Duration::from_millis(50);
+/// A connected agent is pinged this often, and is lost when a ping goes unanswered this long:
+/// a stopped or dead agent on virtio-serial closes nothing the host could see.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const PING_WAIT: Duration = Duration::from_secs(5);
 
 /// What a session asks the agent to run.
 #[derive(Debug, Clone)]
@@ -112,26 +118,27 @@ fn lost() -> Error {
 }
 
 impl AgentHandle {
-    /// Waits up to `timeout` for the agent to be ready.
+    /// Waits up to `timeout` for a booting guest's agent to be ready. A degraded one gets a
+    /// short grace (it may be reconnecting after a reset) and then an error at once.
     pub async fn ready(&mut self, vm: &str, timeout: Duration) -> Result<(), Error> {
-        let waited =
-            tokio::time::timeout(timeout, self.state.wait_for(|s| matches!(s, AgentState::Ready(_))))
-                .await
-                .map(|r| r.map(|_| ()));
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(lost()),
-            Err(_) => {
-                let state = self.state.borrow().clone();
-                let why = match state {
-                    AgentState::Degraded(why) => format!("VM {vm}'s agent does not answer: {why}"),
-                    _ => format!("VM {vm}'s agent did not answer within {} s", timeout.as_secs()),
-                };
-                Err(Error::new(ErrorKind::Unavailable, why).with_hint(format!(
-                    "its console may say why: banger vm logs {vm}; `banger vm stop {vm}` still works"
-                )))
-            }
+        let settled = |s: &AgentState| !matches!(s, AgentState::Waiting);
+        let waited = tokio::time::timeout(timeout, self.state.wait_for(settled)).await.map(|r| r.is_ok());
+        if waited == Ok(false) {
+            return Err(lost());
         }
+        let ready = |s: &AgentState| matches!(s, AgentState::Ready(_));
+        if waited.is_ok() && !ready(&self.state.borrow()) {
+            let _ = tokio::time::timeout(DEGRADED_GRACE, self.state.wait_for(ready)).await;
+        }
+        let state = self.state.borrow().clone();
+        let why = match state {
+            AgentState::Ready(_) => return Ok(()),
+            AgentState::Degraded(why) => format!("VM {vm}'s agent does not answer: {why}"),
+            AgentState::Waiting => format!("VM {vm}'s agent did not answer within {} s", timeout.as_secs()),
+        };
+        Err(Error::new(ErrorKind::Unavailable, why).with_hint(format!(
+            "its console may say why: banger vm logs {vm}; `banger vm stop {vm}` still works"
+        )))
     }
 
     /// Starts `op` in the guest.
@@ -355,9 +362,28 @@ async fn serve(
     let mut execs: HashMap<u32, mpsc::UnboundedSender<Delivery>> = HashMap::new();
     let mut power_off: Option<oneshot::Sender<Result<(), Error>>> = None;
     let mut next_id: u32 = 1;
+    let mut pings = tokio::time::interval(PING_EVERY);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut nonce, mut unanswered): (u64, Option<Instant>) = (0, None);
     let ended = loop {
         tokio::select! {
+            _ = pings.tick() => {
+                match unanswered {
+                    Some(since) if since.elapsed() > PING_WAIT => {
+                        break Ended::Lost(format!("no answer to a ping in {} s", PING_WAIT.as_secs()));
+                    }
+                    Some(_) => continue,
+                    None => {
+                        nonce += 1;
+                        unanswered = Some(Instant::now());
+                        if let Err(why) = send(&mut out, &AgentRequest::Ping { nonce }).await {
+                            break Ended::Lost(why);
+                        }
+                    }
+                }
+            }
             event = events.recv() => match event {
+                Some(Ok(AgentEvent::Pong { nonce: n })) if n == nonce => unanswered = None,
                 Some(Ok(event)) => deliver(event, &mut execs, &mut power_off),
                 Some(Err(why)) => break Ended::Lost(why),
                 None => break Ended::Lost("the agent's reader stopped".into()),
