@@ -90,6 +90,7 @@ impl Setup {
             memory_mib: 32,
             config: config.then(|| r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":32}}"#.into()),
             qemu: None,
+            initrd: None,
         }
     }
 
@@ -495,6 +496,7 @@ async fn a_state_dir_on_a_tmpfs_still_gets_a_jail_mount_of_its_own() {
         memory_mib: 32,
         config: None,
         qemu: None,
+        initrd: None,
     };
     let reply = c.call(&HelperRequest::LaunchVm(spec)).await.unwrap();
     assert!(matches!(reply, HelperResponse::Launched { .. }), "{reply:?}");

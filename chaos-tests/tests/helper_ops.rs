@@ -107,6 +107,7 @@ async fn hostile_requests_are_refused_and_create_nothing() {
     let launch = |kernel: String, disk: Option<String>| LaunchSpec {
         config: None,
         qemu: None,
+        initrd: None,
         vm: "evil".into(),
         kernel,
         disk,
@@ -144,6 +145,7 @@ async fn firecracker_runs_in_its_jail_and_is_cleaned_up() {
     let spec = LaunchSpec {
         config: None,
         qemu: None,
+        initrd: None,
         vm: "jailed".into(),
         kernel: kernel.display().to_string(),
         disk: None,

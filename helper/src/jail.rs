@@ -221,9 +221,8 @@ impl Jails {
             .map(|d| validate::owned_file(&state, &self.state_dir, self.uid, d))
             .transpose()?;
         let initrd = spec
-            .qemu
-            .as_ref()
-            .and_then(|q| q.initrd.as_deref())
+            .initrd
+            .as_deref()
             .map(|i| validate::owned_file(&state, &self.state_dir, self.uid, i))
             .transpose()?;
         let slot = self.slot(&spec.vm);
@@ -234,7 +233,10 @@ impl Jails {
             Some(q) => {
                 (Kind::Qemu, self.run_qemu(&base, spec, q, &kernel, initrd.as_ref(), disk.as_ref(), console))
             }
-            None => (Kind::Firecracker, self.build_and_run(&base, spec, &kernel, disk.as_ref(), console)),
+            None => {
+                let run = self.build_and_run(&base, spec, &kernel, initrd.as_ref(), disk.as_ref(), console);
+                (Kind::Firecracker, run)
+            }
         };
         match run {
             Ok(vmm) => {
@@ -261,6 +263,7 @@ impl Jails {
         base: &Dir,
         spec: &LaunchSpec,
         kernel: &OwnedFd,
+        initrd: Option<&OwnedFd>,
         disk: Option<&OwnedFd>,
         console: Option<OwnedFd>,
     ) -> Result<Vmm, Error> {
@@ -278,6 +281,9 @@ impl Jails {
         bind_into(kernel, &root, BOUND[0])?;
         if let Some(disk) = disk {
             bind_into(disk, &root, BOUND[1])?;
+        }
+        if let Some(initrd) = initrd {
+            bind_into(initrd, &root, qemu::INITRD)?;
         }
         for name in ["firecracker.log", "metrics.json"] {
             let file = root.create(name, 0o600).map_err(fail)?;

@@ -81,7 +81,7 @@ pub fn args(launch: &LaunchSpec, spec: &QemuSpec, tap: bool) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     args.push(format!("/{KERNEL}"));
-    if spec.initrd.is_some() {
+    if launch.initrd.is_some() {
         args.extend(["-initrd".into(), format!("/{INITRD}")]);
     }
     args.extend(["-append".into(), spec.cmdline.clone()]);
@@ -232,7 +232,6 @@ mod tests {
 
     fn spec() -> QemuSpec {
         QemuSpec {
-            initrd: Some("/i".into()),
             cmdline: "console=ttyS0 banger.ip=172.30.0.5/24".into(),
             tap: Some("bgt0".into()),
             mac: Some("06:00:ac:1e:00:05".into()),
@@ -256,6 +255,7 @@ mod tests {
         let launch = LaunchSpec {
             vm: "web".into(),
             kernel: "/state/kernels/default/bzImage".into(),
+            initrd: Some("/state/vms/web/initrd".into()),
             disk: Some("/state/vms/web/disk.ext4".into()),
             cpus: 2,
             memory_mib: 256,

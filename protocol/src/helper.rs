@@ -47,6 +47,8 @@ pub struct NetworkSpec {
 pub struct LaunchSpec {
     pub vm: String,
     pub kernel: String,
+    /// The VM's initrd (the guest's modules and its agent as `/init`). Since protocol 5.
+    pub initrd: Option<String>,
     pub disk: Option<String>,
     pub cpus: u32,
     pub memory_mib: u32,
@@ -61,7 +63,6 @@ pub struct LaunchSpec {
 /// fields alone (it never runs a command line the daemon wrote). `kernel` is then a bzImage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QemuSpec {
-    pub initrd: Option<String>,
     pub cmdline: String,
     /// The VM's tap (made by `CreateTap`) and its MAC.
     pub tap: Option<String>,

@@ -291,6 +291,7 @@ fn encoded_samples_match_snapshot() {
         HelperRequest::LaunchVm(LaunchSpec {
             vm: "web".into(),
             kernel: "/k".into(),
+            initrd: None,
             disk: Some("/d".into()),
             cpus: 1,
             memory_mib: 128,
@@ -300,12 +301,12 @@ fn encoded_samples_match_snapshot() {
         HelperRequest::LaunchVm(LaunchSpec {
             vm: "web".into(),
             kernel: "/bz".into(),
+            initrd: Some("/i".into()),
             disk: Some("/d".into()),
             cpus: 1,
             memory_mib: 256,
             config: None,
             qemu: Some(QemuSpec {
-                initrd: Some("/i".into()),
                 cmdline: "console=ttyS0".into(),
                 tap: Some("bgt0".into()),
                 mac: Some("06:00:00:00:00:01".into()),

@@ -98,7 +98,7 @@ async fn boot_for(name: String, paths: Paths, actor: Addr<VmActor>, peers: Peers
     Ok(Boot {
         vm: name,
         kernel,
-        initrd: initrd.filter(|_| spec.vmm == VmmKind::Qemu),
+        initrd,
         disk: paths.disk(),
         cpus: spec.cpus,
         memory_mib: spec.memory_mib,

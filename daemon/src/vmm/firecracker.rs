@@ -46,6 +46,7 @@ impl Firecracker {
         let spec = LaunchSpec {
             vm: boot.vm.clone(),
             kernel: boot.kernel.display().to_string(),
+            initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
             disk: Some(boot.disk.display().to_string()),
             cpus: boot.cpus,
             memory_mib: boot.memory_mib,
@@ -71,8 +72,12 @@ fn config(boot: &Boot, tap: Option<&(String, String)>) -> serde_json::Value {
         .iter()
         .map(|(tap, mac)| json!({ "iface_id": "eth0", "host_dev_name": tap, "guest_mac": mac }))
         .collect();
+    let mut boot_source = json!({ "kernel_image_path": "/vmlinux", "boot_args": boot_args.trim() });
+    if boot.initrd.is_some() {
+        boot_source["initrd_path"] = json!("/initrd");
+    }
     json!({
-        "boot-source": { "kernel_image_path": "/vmlinux", "boot_args": boot_args.trim() },
+        "boot-source": boot_source,
         "drives": [{ "drive_id": "rootfs", "path_on_host": "/disk.ext4", "is_root_device": true, "is_read_only": false }],
         "network-interfaces": interfaces,
         "machine-config": { "vcpu_count": boot.cpus, "mem_size_mib": boot.memory_mib },

@@ -53,12 +53,12 @@ impl Qemu {
         let spec = LaunchSpec {
             vm: boot.vm.clone(),
             kernel: boot.kernel.display().to_string(),
+            initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
             disk: Some(boot.disk.display().to_string()),
             cpus: boot.cpus,
             memory_mib: boot.memory_mib,
             config: None,
             qemu: Some(QemuSpec {
-                initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
                 cmdline: cmdline.trim().to_string(),
                 tap: tap.map(|(name, _)| name.clone()),
                 mac: tap.map(|(_, mac)| mac.clone()),
