@@ -192,6 +192,10 @@ pub struct VmInfo {
     pub agent: Option<AgentState>,
 }
 
+fn kept() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelInfo {
     pub name: String,
@@ -202,8 +206,8 @@ pub struct KernelInfo {
     /// The kernel's release (`6.1.0-28-cloud-amd64`), when it came from a distro package.
     #[serde(default)]
     pub release: Option<String>,
-    /// An ELF `vmlinux` is kept (Firecracker boots it).
-    #[serde(default)]
+    /// An ELF `vmlinux` is kept (Firecracker boots it); every kernel before distro kernels was one.
+    #[serde(default = "kept")]
     pub vmlinux: bool,
     /// A `bzImage` is kept (QEMU boots it).
     #[serde(default)]
