@@ -553,7 +553,9 @@ impl Jails {
             bind_into(disk, &root, qemu::DISK)?;
         }
         for dir in ["etc", "dev"] {
-            root.new_dir(dir, 0o755).map_err(fail)?;
+            // Made under the helper's tight umask: opened up so QEMU's uid can reach inside.
+            let made = root.new_dir(dir, 0o755).map_err(fail)?;
+            nix::sys::stat::fchmod(made.fd(), Mode::from_bits_truncate(0o755)).map_err(fail)?;
         }
         for (host, inside, is_dir) in qemu::LENT {
             lend(&root, host, inside, is_dir)?;
@@ -715,10 +717,11 @@ fn cgroup_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
-/// The VM's limits: its vCPUs' worth of CPU time, and its memory plus what Firecracker needs
-/// of its own.
+/// The VM's limits: its vCPUs' worth of CPU time, and its memory plus what the VMM needs of
+/// its own (QEMU: its TCG translation cache too; see `qemu::OVERHEAD_MIB`).
 fn limits(spec: &LaunchSpec) -> (u64, u64) {
-    (u64::from(spec.cpus) * 100_000, (u64::from(spec.memory_mib) + 64) << 20)
+    let overhead = if spec.qemu.is_some() { qemu::OVERHEAD_MIB } else { 64 };
+    (u64::from(spec.cpus) * 100_000, (u64::from(spec.memory_mib) + overhead) << 20)
 }
 
 /// cgroup v2: the jailer makes the cgroup and moves itself in.

@@ -22,6 +22,12 @@ pub const DISK: &str = "disk.ext4";
 pub const RUN: &str = "run";
 pub const PID_FILE: &str = "qemu.pid";
 
+/// TCG's translation cache (QEMU's default is 1 GiB, which the VM's memory limit would have to
+/// allow for).
+const TB_SIZE_MIB: u64 = 128;
+/// What QEMU needs beyond the guest's memory: the translation cache, and itself.
+pub const OVERHEAD_MIB: u64 = TB_SIZE_MIB + 128;
+
 /// The descriptor number QEMU finds its tap on.
 const TAP_FD: RawFd = 3;
 /// The longest kernel command line accepted (Linux's own limit on x86 is 2048).
@@ -56,12 +62,13 @@ pub fn validate(spec: &QemuSpec) -> Result<(), Error> {
 
 /// QEMU's arguments. Paths are inside the jail.
 pub fn args(launch: &LaunchSpec, spec: &QemuSpec, tap: bool) -> Vec<String> {
-    let (accel, cpu) = if spec.kvm { ("kvm", "host") } else { ("tcg", "max") };
+    let accel = if spec.kvm { "kvm".to_string() } else { format!("tcg,tb-size={TB_SIZE_MIB}") };
+    let cpu = if spec.kvm { "host" } else { "max" };
     let mut args: Vec<String> = [
         "-M",
         "microvm,rtc=on",
         "-accel",
-        accel,
+        &accel,
         "-cpu",
         cpu,
         "-nodefaults",
@@ -140,8 +147,8 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, Error> {
 
 /// What the host lends a QEMU jail, bound in read-only: (host path, path in the jail, is a
 /// directory). `/dev/kvm` is added where KVM is used.
-pub const LENT: [(&str, &str, bool); 2] =
-    [("/usr", "usr", true), ("/etc/ld.so.cache", "etc/ld.so.cache", false)];
+pub const LENT: [(&str, &str, bool); 3] =
+    [("/usr", "usr", true), ("/etc/ld.so.cache", "etc/ld.so.cache", false), ("/dev/null", "dev/null", false)];
 /// Links a merged-/usr system has at its root, made in the jail the same.
 pub const LINKS: [(&str, &str); 3] = [("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin")];
 
@@ -264,7 +271,7 @@ mod tests {
         };
         let args = args(&launch, &spec(), true);
         let text = args.join(" ");
-        assert!(text.contains("-accel tcg -cpu max"), "{text}");
+        assert!(text.contains("-accel tcg,tb-size=128 -cpu max"), "{text}");
         assert!(text.contains("-kernel /bzImage -initrd /initrd"), "{text}");
         assert!(text.contains("file=/disk.ext4"), "{text}");
         assert!(text.contains("tap,id=net0,fd=3"), "{text}");

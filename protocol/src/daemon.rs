@@ -98,6 +98,9 @@ pub enum Request {
     /// Wait until the VM's agent is ready (or the wait fails). Answered with [`Response::Vm`].
     /// Since protocol 5.
     VmWait { name: String, timeout_ms: u64 },
+    /// One round trip to the VM's agent and back (no process started): answered with
+    /// [`Response::Pong`] once the agent answered. Since protocol 5.
+    VmPing { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -239,6 +239,7 @@ fn encoded_samples_match_snapshot() {
         Request::VmCopyIn { name: "web".into(), path: "/srv".into() },
         Request::VmCopyOut { name: "web".into(), path: "/etc".into() },
         Request::VmWait { name: "web".into(), timeout_ms: 30_000 },
+        Request::VmPing { name: "web".into() },
     ] {
         out += &line(&r);
     }

@@ -311,6 +311,7 @@ async fn route(
                 .with_hint("send ExecInput only while a VmExec's replies stream"),
         )),
         Request::VmWait { name, timeout_ms } => one(wait(p, name, ms(timeout_ms)).await, Response::Vm),
+        Request::VmPing { name } => one(ping(p, name).await, |()| Response::Pong),
     };
     match reply {
         Reply::One(response) => chan.send(&response, false).await,
@@ -341,6 +342,10 @@ async fn wait(p: &Peers, name: String, timeout: Duration) -> Result<protocol::vm
     let mut agent = p.vms().ask(AgentOf(name.clone())).await?;
     agent.ready(&name, timeout).await?;
     p.vms().ask(Lifecycle::Inspect(name)).await
+}
+
+async fn ping(p: &Peers, name: String) -> Result<(), Error> {
+    p.vms().ask(AgentOf(name)).await?.ping().await
 }
 
 async fn image_pull(p: &Peers, request: protocol::image::PullRequest, replace: bool) -> Reply {

@@ -74,6 +74,9 @@ enum Command {
     PowerOff {
         done: oneshot::Sender<Result<(), Error>>,
     },
+    Ping {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The VM actor's end: dropping it ends the link.
@@ -148,6 +151,17 @@ impl AgentHandle {
         self.commands.send(Command::Open { op, deliver, opened }).await.map_err(|_| lost())?;
         let id = id.await.map_err(|_| lost())??;
         Ok(Exec { id, deliveries, commands: self.commands.clone(), ended: false })
+    }
+
+    /// One round trip to the agent.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let (done, answer) = oneshot::channel();
+        self.commands.send(Command::Ping { done }).await.map_err(|_| lost())?;
+        match tokio::time::timeout(ANSWER_WAIT, answer).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(lost()),
+            Err(_) => Err(Error::new(ErrorKind::Unavailable, "the agent did not answer the ping")),
+        }
     }
 
     /// Asks the agent to power the guest off; answered once it has started to.
@@ -259,7 +273,7 @@ fn refuse(command: Command) {
         Command::PowerOff { done } => {
             let _ = done.send(Err(not_ready()));
         }
-        Command::Input { .. } | Command::OutputAck { .. } | Command::Close { .. } => {}
+        Command::Input { .. } | Command::OutputAck { .. } | Command::Close { .. } | Command::Ping { .. } => {}
     }
 }
 
@@ -365,6 +379,9 @@ async fn serve(
     let mut pings = tokio::time::interval(PING_EVERY);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut nonce, mut unanswered): (u64, Option<Instant>) = (0, None);
+    // Pings asked for by clients, by nonce (from the top of the range: the link's own count up).
+    let mut asked: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    let mut asked_nonce = u64::MAX;
     let ended = loop {
         tokio::select! {
             _ = pings.tick() => {
@@ -384,6 +401,11 @@ async fn serve(
             }
             event = events.recv() => match event {
                 Some(Ok(AgentEvent::Pong { nonce: n })) if n == nonce => unanswered = None,
+                Some(Ok(AgentEvent::Pong { nonce: n })) => {
+                    if let Some(done) = asked.remove(&n) {
+                        let _ = done.send(());
+                    }
+                }
                 Some(Ok(event)) => deliver(event, &mut execs, &mut power_off),
                 Some(Err(why)) => break Ended::Lost(why),
                 None => break Ended::Lost("the agent's reader stopped".into()),
@@ -411,6 +433,12 @@ async fn serve(
                     Command::PowerOff { done } => {
                         power_off = Some(done);
                         AgentRequest::PowerOff
+                    }
+                    Command::Ping { done } => {
+                        asked_nonce -= 1;
+                        asked.retain(|_, d| !d.is_closed());
+                        asked.insert(asked_nonce, done);
+                        AgentRequest::Ping { nonce: asked_nonce }
                     }
                 };
                 if let Err(why) = send(&mut out, &request).await {
