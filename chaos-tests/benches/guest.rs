@@ -233,7 +233,7 @@ fn copies(g: &GuestHost) {
     g.ok(&["vm", "cp", file.to_str().unwrap(), "bench:/srv/cp"]);
     let cp_in = t.elapsed();
     let t = Instant::now();
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(dir.path())
         .args(["-c", "big"])
@@ -242,10 +242,11 @@ fn copies(g: &GuestHost) {
         .unwrap();
     let out = g
         .command(&["vm", "exec", "-i", "bench", "--", "tar", "-x", "-C", "/srv/tar"])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
     let tar_in = t.elapsed();
+    assert!(tar.wait().unwrap().success());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let back = tempfile::tempdir().unwrap();
     let t = Instant::now();
