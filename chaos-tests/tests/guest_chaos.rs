@@ -97,8 +97,9 @@ async fn the_guest_reaches_the_host_over_its_tap() {
     assert_eq!(got, "hello from net\n");
 }
 
-/// QEMU runs as the daemon's owner, chrooted in its jail, with no new privileges, in the VM's
-/// cgroup, holding no descriptor of the daemon's or the helper's; its jail's mounts go with it.
+/// QEMU runs as the daemon's owner, chrooted in its jail, with no new privileges, in its own
+/// network, IPC and UTS namespaces and the VM's cgroup, holding no descriptor of the daemon's or
+/// the helper's; its jail's mounts go with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn qemu_runs_confined_in_its_jail() {
     let owner = other_user();
@@ -119,6 +120,14 @@ async fn qemu_runs_confined_in_its_jail() {
     let jail = state.join("jail/qemu/boxed/root");
     let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
     assert_eq!(root, jail, "QEMU's / is its jail");
+    for ns in ["net", "ipc", "uts"] {
+        let (theirs, ours) = (format!("/proc/{pid}/ns/{ns}"), format!("/proc/self/ns/{ns}"));
+        assert_ne!(
+            std::fs::read_link(theirs).unwrap(),
+            std::fs::read_link(ours).unwrap(),
+            "its own {ns} namespace"
+        );
+    }
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cgroup.lines().any(|l| l.ends_with("/boxed") && l.contains("/banger-")), "{cgroup}");
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {

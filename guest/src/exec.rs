@@ -295,7 +295,10 @@ pub fn input(ctx: &Ctx, id: u32, input: ExecInput) {
             (Err(_), _) => Some(format!("{n} is not a signal")),
             (Ok(_), None) => Some(format!("exec {id} is a copy, not a process")),
             (Ok(signal), Some(pid)) => {
-                let target = if tty.is_some() { Pid::from_raw(-pid.as_raw()) } else { pid };
+                // A tty's signals go to its process group, as the terminal's would; SIGKILL
+                // (the host ending the exec) takes the whole group, background children too.
+                let group = tty.is_some() || signal == Signal::SIGKILL;
+                let target = if group { Pid::from_raw(-pid.as_raw()) } else { pid };
                 // Not once it has been reaped: the pid may already be someone else's.
                 let exited = shared.with(|s| s.outcome.is_some());
                 if !exited {

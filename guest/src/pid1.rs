@@ -61,26 +61,31 @@ pub fn run() -> ! {
 }
 
 /// Forks the agent's server; when it exits, starts another. PID 1 stays single-threaded, so
-/// forking it is safe.
+/// forking it is safe. A failed fork is retried until one works (the workload may have taken
+/// every pid; reaping frees some): without its server the guest cannot be reached.
 fn start_server(reaper: &Arc<Reaper>, timings: BootTimings) {
-    let again = reaper.clone();
-    let first = timings.clone();
-    let fork = move || {
-        // SAFETY: PID 1 has no other thread; the child runs `server` and never returns here.
-        match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => server(first),
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
-            Err(e) => Err(e),
+    loop {
+        let (again, first, next) = (reaper.clone(), timings.clone(), timings.clone());
+        let fork = move || {
+            // SAFETY: PID 1 has no other thread; the child runs `server` and never returns here.
+            match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => server(first),
+                Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
+                Err(e) => Err(e),
+            }
+        };
+        let on_exit: crate::reaper::OnExit = Box::new(move |status| {
+            crate::log!("the agent's server ended ({status:?}); starting it again");
+            // Not in a tight loop, should it die at once every time.
+            std::thread::sleep(Duration::from_millis(100));
+            start_server(&again, next);
+        });
+        match reaper.spawn(fork, on_exit) {
+            Ok(_) => return,
+            Err(e) => crate::log!("cannot start the agent's server: {e}; trying again"),
         }
-    };
-    let on_exit = Box::new(move |status| {
-        crate::log!("the agent's server ended ({status:?}); starting it again");
-        // Not in a tight loop, should it die at once every time.
-        std::thread::sleep(Duration::from_millis(100));
-        start_server(&again, timings);
-    });
-    if let Err(e) = reaper.spawn(fork, on_exit) {
-        crate::log!("cannot start the agent's server: {e}");
+        reaper.reap();
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

@@ -166,6 +166,10 @@ impl Jails {
         if !self.is_jail_mount(state, &base)? {
             return Err(refused(&what, "it changed while the helper mounted its tmpfs"));
         }
+        // Private: the jails' mounts do not spread to other mount namespaces.
+        let private = MsFlags::MS_PRIVATE;
+        nix::mount::mount(None::<&str>, fd_path(base.fd()).as_str(), None::<&str>, private, None::<&str>)
+            .map_err(|e| internal(&format!("cannot make {what} private"), e))?;
         Ok(base)
     }
 
@@ -564,13 +568,20 @@ impl Jails {
             nix::unistd::symlinkat(target, root.fd(), link).map_err(fail)?;
         }
         if q.kvm {
-            lend(&root, "/dev/kvm", "dev/kvm", false)?;
+            // A node of its own, owned by the VM's uid (which has no kvm group in the jail).
+            let dev = root.dir(Path::new("dev")).map_err(fail)?;
+            let kvm = nix::sys::stat::makedev(10, 232);
+            nix::sys::stat::mknodat(dev.fd(), "kvm", SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), kvm)
+                .map_err(fail)?;
+            let no_follow = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+            nix::unistd::fchownat(dev.fd(), "kvm", Some(self.uid), Some(self.gid), no_follow)
+                .map_err(fail)?;
         }
         let run = root.new_dir(qemu::RUN, 0o700).map_err(fail)?;
         nix::unistd::fchown(run.fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
         let tap = match q.tap {
             Some(_) => {
-                Some(qemu::inheritable(&qemu::open_tap(&crate::net::tap_name(&self.state_dir, &spec.vm))?)?)
+                Some(qemu::passable(&qemu::open_tap(&crate::net::tap_name(&self.state_dir, &spec.vm))?)?)
             }
             None => None,
         };
@@ -805,7 +816,8 @@ fn lend(root: &Dir, host: &str, inside: &str, is_dir: bool) -> Result<(), Error>
         Some(host),
         at.as_str(),
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        // Not recursive: a mount under the lent path would keep its own (writable) flags.
+        MsFlags::MS_BIND,
         None::<&str>,
     )
     .map_err(|e| fail(e.to_string()))?;

@@ -146,7 +146,7 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, Error> {
 }
 
 /// What the host lends a QEMU jail, bound in read-only: (host path, path in the jail, is a
-/// directory). `/dev/kvm` is added where KVM is used.
+/// directory). `/dev/kvm` is not lent but made anew, owned by the VM's uid (see `jail.rs`).
 pub const LENT: [(&str, &str, bool); 3] =
     [("/usr", "usr", true), ("/etc/ld.so.cache", "etc/ld.so.cache", false), ("/dev/null", "dev/null", false)];
 /// Links a merged-/usr system has at its root, made in the jail the same.
@@ -201,10 +201,14 @@ impl Confinement {
                     return Err(error);
                 }
             }
+            // Its own network (it reaches the world through the tap's descriptor only), IPC and
+            // host name.
+            check(libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS))?;
             // Entered by descriptor: the path to the jail lies in the owner's state dir.
             check(libc::chdir(self.root.as_ptr()))?;
             check(libc::chroot(c".".as_ptr()))?;
             check(libc::chdir(c"/".as_ptr()))?;
+            // dup2 clears close-on-exec on the copy (the original is above TAP_FD, never it).
             if let Some(tap) = self.tap {
                 check(libc::dup2(tap, TAP_FD))?;
             }
@@ -212,20 +216,20 @@ impl Confinement {
             check(libc::setresgid(self.gid, self.gid, self.gid))?;
             check(libc::setresuid(self.uid, self.uid, self.uid))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            // Every descriptor above the tap is closed at exec (the console is stdout/stderr).
-            check(
-                libc::syscall(libc::SYS_close_range, TAP_FD as u32 + 1, u32::MAX, libc::CLOSE_RANGE_CLOEXEC)
-                    as libc::c_int,
-            )?;
+            // Every descriptor but stdio (the console) and the tap is closed at exec.
+            let first = if self.tap.is_some() { TAP_FD + 1 } else { TAP_FD } as u32;
+            check(libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC)
+                as libc::c_int)?;
         }
         Ok(())
     }
 }
 
-/// A descriptor duplicated so that it survives into the child (the tap).
-pub fn inheritable(fd: &OwnedFd) -> Result<OwnedFd, Error> {
-    // SAFETY: F_DUPFD without CLOEXEC returns a new descriptor that we then own.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 10) };
+/// The tap, at a number above `TAP_FD` and close-on-exec like every other descriptor of the
+/// helper's (other children must not inherit it): only QEMU's `dup2` onto `TAP_FD` passes it.
+pub fn passable(fd: &OwnedFd) -> Result<OwnedFd, Error> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we then own.
+    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
     if dup < 0 {
         return Err(Error::internal(format!("cannot pass the tap: {}", std::io::Error::last_os_error())));
     }

@@ -63,9 +63,9 @@ pub(super) async fn relay(
                     return chan.send(&Response::Error(lost), false).await;
                 }
             },
-            // Input is read only while the last stdin is sent: a client that writes faster
-            // than the guest reads waits in its own socket.
-            received = chan.chan.recv::<Request>(), if stdin.pending.is_empty() => match received {
+            // Input is read while less than a window of stdin waits for the guest (so a signal
+            // behind it still gets through); beyond that the client waits in its own socket.
+            received = chan.chan.recv::<Request>(), if (stdin.pending.len() as u64) < WINDOW => match received {
                 Ok(Some((Request::ExecInput(input), _))) => stdin.take(input, &exec).await,
                 Ok(Some(_)) => {
                     let e = Error::protocol("only ExecInput may be sent while an exec runs");
@@ -92,7 +92,7 @@ impl Stdin {
     async fn take(&mut self, input: ExecInput, exec: &Exec) {
         match input {
             ExecInput::Stdin(data) => {
-                self.pending = data;
+                self.pending.extend_from_slice(&data);
                 self.flush(exec).await;
             }
             ExecInput::CloseStdin => {

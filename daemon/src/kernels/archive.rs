@@ -111,6 +111,9 @@ pub enum Compression {
     Lz4Legacy,
 }
 
+/// The xz decoder's memory limit (Debian's packages need 8 MiB dictionaries at most).
+const XZ_MEMORY: u64 = 256 << 20;
+
 const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
 /// A legacy LZ4 block unpacks to at most 8 MiB.
 const LZ4_LEGACY_BLOCK: usize = 8 << 20;
@@ -163,7 +166,14 @@ pub fn unpack(input: &mut dyn Read, out: &mut dyn Write, cap: u64) -> Result<u64
             .and_then(|mut d| std::io::copy(&mut d, &mut capped))
             .map(|_| ()),
         Compression::Xz => {
-            std::io::copy(&mut xz2::bufread::XzDecoder::new_multi_decoder(input), &mut capped).map(|_| ())
+            // A stream's header names the dictionary size it needs: capped, so a package
+            // cannot make the decoder allocate gigabytes.
+            xz2::stream::Stream::new_stream_decoder(XZ_MEMORY, xz2::stream::CONCATENATED)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|stream| {
+                    std::io::copy(&mut xz2::bufread::XzDecoder::new_stream(input, stream), &mut capped)
+                })
+                .map(|_| ())
         }
         Compression::Lz4Legacy => lz4_legacy(&mut input, &mut capped),
     };

@@ -22,6 +22,10 @@ const MAX_PACKAGE: u64 = 1 << 30;
 const MAX_MODULE: u64 = 64 << 20;
 /// `modules.dep` and `modules.builtin` at most.
 const MAX_LIST: u64 = 16 << 20;
+/// The most modules, and bytes of them, the guest's needs may pull in (11 and 0.7 MiB for
+/// Debian's cloud kernel).
+const MAX_CLOSURE: usize = 256;
+const MAX_CLOSURE_BYTES: u64 = 256 << 20;
 
 /// The files a kernel is kept as.
 pub struct Imported {
@@ -219,9 +223,21 @@ fn modules_cpio(
     let builtin = modules::parse_builtin(&text(builtin, "modules.builtin")?);
     let dep = dep.map(|d| text(Some(d), "modules.dep").map(|t| modules::parse_dep(&t))).transpose()?;
     let mut loaded: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut loaded_bytes = 0u64;
     let order = modules::load_order(&NEEDED, &builtin, &mut |name| {
         let Some((rel, span)) = files.get(name) else { return Ok(None) };
+        // A package's dependency chain bounds what is held (and how deep the walk goes).
+        if loaded.len() >= MAX_CLOSURE {
+            return Err(format!("the modules the guest needs depend on more than {MAX_CLOSURE} others"));
+        }
         let bytes = module(file, rel, *span)?;
+        loaded_bytes += bytes.len() as u64;
+        if loaded_bytes > MAX_CLOSURE_BYTES {
+            return Err(format!(
+                "the modules the guest needs unpack to more than {} MiB",
+                MAX_CLOSURE_BYTES >> 20
+            ));
+        }
         let deps = match &dep {
             Some(table) => table.get(name).cloned().unwrap_or_default(),
             None => modules::modinfo_depends(&bytes)?,

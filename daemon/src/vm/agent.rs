@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::agent::{AgentEvent, AgentRequest};
+use protocol::agent::{AgentEvent, AgentRequest, WINDOW};
 use protocol::exec::{ExecEvent, ExecInput, ExecSpec};
 use protocol::handshake::{Hello, ServerHello, ServiceKind};
 use protocol::stream::{self, Decoder};
@@ -210,7 +210,13 @@ impl Exec {
 impl Drop for Exec {
     fn drop(&mut self) {
         if !self.ended {
-            let _ = self.commands.try_send(Command::Close { id: self.id });
+            // Never lost to a full queue: the exec would outlive its client.
+            if let Err(mpsc::error::TrySendError::Full(close)) =
+                self.commands.try_send(Command::Close { id: self.id })
+            {
+                let commands = self.commands.clone();
+                tokio::spawn(async move { commands.send(close).await });
+            }
         }
     }
 }
@@ -233,8 +239,14 @@ async fn run(
     log: Logger,
 ) {
     let started = Instant::now();
+    // A booting guest answers once its agent runs; one that was ready answers at once.
+    let mut handshake_wait = BOOT_WAIT;
     loop {
-        match session(&*vmm, &running, &state, &mut commands, &log).await {
+        let ended = session(&*vmm, &running, &state, &mut commands, handshake_wait, &log).await;
+        if matches!(*state.borrow(), AgentState::Ready(_) | AgentState::Degraded(_)) {
+            handshake_wait = ANSWER_WAIT;
+        }
+        match ended {
             Ended::Dropped => return,
             Ended::Lost(why) => {
                 warn!(log, "lost the guest agent"; "why" => &why);
@@ -277,9 +289,14 @@ fn refuse(command: Command) {
     }
 }
 
+/// Writes one message. A guest that stops reading must not hold the link (and every exec and
+/// stop behind it) for good: a write that cannot finish within `PING_WAIT` loses the agent.
 async fn send(out: &mut OwnedWriteHalf, message: &impl serde::Serialize) -> Result<(), String> {
     let bytes = stream::encode(message).map_err(|e| e.to_string())?;
-    out.write_all(&bytes).await.map_err(|e| format!("cannot write to the agent: {e}"))
+    match tokio::time::timeout(PING_WAIT, out.write_all(&bytes)).await {
+        Ok(written) => written.map_err(|e| format!("cannot write to the agent: {e}")),
+        Err(_) => Err(format!("the agent read nothing for {} s", PING_WAIT.as_secs())),
+    }
 }
 
 /// Reads from the agent until `decoder` yields a message.
@@ -315,6 +332,7 @@ async fn session(
     running: &Running,
     state: &watch::Sender<AgentState>,
     commands: &mut mpsc::Receiver<Command>,
+    handshake_wait: Duration,
     log: &Logger,
 ) -> Ended {
     let stream = match vmm.agent(running).await {
@@ -329,7 +347,7 @@ async fn session(
     // A booting guest answers once its agent runs: the Hello waits in the channel till then.
     let answer = tokio::select! {
         answer = receive::<ServerHello>(&mut input, &mut decoder) => answer,
-        () = tokio::time::sleep(BOOT_WAIT) => Err("no handshake".into()),
+        () = tokio::time::sleep(handshake_wait) => Err("no handshake".into()),
     };
     let version = match answer.map(|h| h.result) {
         Ok(Ok(v)) => v,
@@ -373,7 +391,7 @@ async fn serve(
         }
     });
     let _reader = AbortOnDrop(reader);
-    let mut execs: HashMap<u32, mpsc::UnboundedSender<Delivery>> = HashMap::new();
+    let mut execs: HashMap<u32, Route> = HashMap::new();
     let mut power_off: Option<oneshot::Sender<Result<(), Error>>> = None;
     let mut next_id: u32 = 1;
     let mut pings = tokio::time::interval(PING_EVERY);
@@ -406,7 +424,14 @@ async fn serve(
                         let _ = done.send(());
                     }
                 }
-                Some(Ok(event)) => deliver(event, &mut execs, &mut power_off),
+                Some(Ok(event)) => {
+                    // An exec that broke flow control is killed, not buffered without bound.
+                    if let Some(kill) = deliver(event, &mut execs, &mut power_off)
+                        && let Err(why) = send(&mut out, &kill).await
+                    {
+                        break Ended::Lost(why);
+                    }
+                }
                 Some(Err(why)) => break Ended::Lost(why),
                 None => break Ended::Lost("the agent's reader stopped".into()),
             },
@@ -416,7 +441,7 @@ async fn serve(
                     Command::Open { op, deliver, opened } => {
                         let id = next_id;
                         next_id = next_id.wrapping_add(1).max(1);
-                        execs.insert(id, deliver);
+                        execs.insert(id, Route { tx: deliver, unacked: 0 });
                         let _ = opened.send(Ok(id));
                         match op {
                             Op::Exec(spec) => AgentRequest::Exec { id, spec },
@@ -425,7 +450,12 @@ async fn serve(
                         }
                     }
                     Command::Input { id, input } => AgentRequest::Input { id, input },
-                    Command::OutputAck { id, bytes } => AgentRequest::OutputAck { id, bytes },
+                    Command::OutputAck { id, bytes } => {
+                        if let Some(route) = execs.get_mut(&id) {
+                            route.unacked = route.unacked.saturating_sub(bytes);
+                        }
+                        AgentRequest::OutputAck { id, bytes }
+                    }
                     Command::Close { id } => match execs.remove(&id) {
                         Some(_) => AgentRequest::Input { id, input: ExecInput::Signal(libc::SIGKILL) },
                         None => continue,
@@ -449,9 +479,9 @@ async fn serve(
     };
     // Every exec still running hears why it ended.
     if let Ended::Lost(why) = &ended {
-        for (_, tx) in execs.drain() {
+        for (_, route) in execs.drain() {
             let message = format!("lost the guest agent: {why}");
-            let _ = tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
+            let _ = route.tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
         }
     }
     ended
@@ -460,24 +490,40 @@ async fn serve(
 /// The exit code of an exec whose agent link was lost under it.
 pub const EXIT_LOST: i32 = 255;
 
+/// Where an exec's events go, and how much of its output awaits the client's acknowledgement.
+struct Route {
+    tx: mpsc::UnboundedSender<Delivery>,
+    unacked: u64,
+}
+
+/// Passes an agent's event to whoever waits for it; returns what to send the agent back when
+/// the event broke the protocol's rules (an exec's output beyond its window: it is killed).
 fn deliver(
     event: AgentEvent,
-    execs: &mut HashMap<u32, mpsc::UnboundedSender<Delivery>>,
+    execs: &mut HashMap<u32, Route>,
     power_off: &mut Option<oneshot::Sender<Result<(), Error>>>,
-) {
+) -> Option<AgentRequest> {
     match event {
         AgentEvent::Exec { id, event } => {
             let last = matches!(event, ExecEvent::Exited(_) | ExecEvent::Failed { .. });
-            if let Some(tx) = execs.get(&id) {
-                let _ = tx.send(Delivery::Event(event));
+            let route = execs.get_mut(&id)?;
+            if let ExecEvent::Output { data, .. } = &event {
+                route.unacked += data.len() as u64;
+                if route.unacked > WINDOW {
+                    let message = format!("the agent sent more than {WINDOW} bytes of output unacknowledged");
+                    let _ = route.tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
+                    execs.remove(&id);
+                    return Some(AgentRequest::Input { id, input: ExecInput::Signal(libc::SIGKILL) });
+                }
             }
+            let _ = route.tx.send(Delivery::Event(event));
             if last {
                 execs.remove(&id);
             }
         }
         AgentEvent::StdinAck { id, bytes } => {
-            if let Some(tx) = execs.get(&id) {
-                let _ = tx.send(Delivery::StdinAck(bytes));
+            if let Some(route) = execs.get(&id) {
+                let _ = route.tx.send(Delivery::StdinAck(bytes));
             }
         }
         AgentEvent::Ok => {
@@ -486,9 +532,9 @@ fn deliver(
             }
         }
         AgentEvent::Error { id: Some(id), error } => {
-            if let Some(tx) = execs.remove(&id) {
+            if let Some(route) = execs.remove(&id) {
                 let message = format!("the agent refused: {}", error.message);
-                let _ = tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
+                let _ = route.tx.send(Delivery::Event(ExecEvent::Failed { code: EXIT_LOST, message }));
             }
         }
         AgentEvent::Error { id: None, error } => {
@@ -498,6 +544,7 @@ fn deliver(
         }
         AgentEvent::Ready(_) | AgentEvent::Pong { .. } => {}
     }
+    None
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
