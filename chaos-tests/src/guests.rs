@@ -122,15 +122,7 @@ impl GuestHost {
             capable("qemu", false, &why);
             return None;
         };
-        let dir = tempfile::Builder::new().prefix("banger-guest-test-").tempdir().expect("temp dir");
-        let socket = dir.path().join("run/helper.sock");
-        std::fs::create_dir_all(socket.parent().expect("run dir")).expect("run dir");
-        if let Some((uid, gid)) = owner {
-            for d in [dir.path(), socket.parent().expect("run dir")] {
-                let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
-                nix::unistd::chown(d, Some(uid), Some(gid)).expect("chown");
-            }
-        }
+        let (dir, socket) = crate::vms::state_dir("banger-guest-test-", owner);
         let helper = TestHelper::start_in(&socket, owner.map_or(0, |o| o.0), dir.path()).await;
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + std::process::id() as usize % 64 * 4;
         let (bridge, subnet) = (format!("bangerg{:x}", n % 0xffff), format!("10.251.{}.0/24", n % 250));

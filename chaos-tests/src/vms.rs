@@ -33,6 +33,22 @@ pub fn default_bridge(state_dir: &std::path::Path) -> String {
     format!("banger{}", hex::encode(&digest[..4]))
 }
 
+/// A temporary state dir and its helper socket's path (its `run/` made), both given to
+/// `owner` where the daemon runs as someone else.
+pub fn state_dir(prefix: &str, owner: Option<(u32, u32)>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir");
+    let socket = dir.path().join("run/helper.sock");
+    let run = socket.parent().expect("run dir");
+    std::fs::create_dir_all(run).expect("run dir");
+    if let Some((uid, gid)) = owner {
+        let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
+        for d in [dir.path(), run] {
+            nix::unistd::chown(d, Some(uid), Some(gid)).expect("chown");
+        }
+    }
+    (dir, socket)
+}
+
 impl VmHost {
     /// `None` (after saying why) where this host cannot run VMs.
     pub async fn start() -> Option<Self> {
@@ -66,19 +82,7 @@ impl VmHost {
             );
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("banger-vm-test-").tempdir().expect("temp dir");
-        let socket = dir.path().join("run/helper.sock");
-        std::fs::create_dir_all(socket.parent().expect("run dir")).expect("run dir");
-        if let Some((uid, gid)) = owner {
-            for d in [dir.path(), socket.parent().expect("run dir")] {
-                nix::unistd::chown(
-                    d,
-                    Some(nix::unistd::Uid::from_raw(uid)),
-                    Some(nix::unistd::Gid::from_raw(gid)),
-                )
-                .expect("chown");
-            }
-        }
+        let (dir, socket) = state_dir("banger-vm-test-", owner);
         if let Some(settings) = settings {
             std::fs::write(dir.path().join("bangerd.toml"), settings).expect("write bangerd.toml");
         }

@@ -81,15 +81,31 @@ async fn exit_code(mut child: Child, mut master: std::fs::File) -> (i32, String,
     .unwrap()
 }
 
-#[tokio::test]
-async fn keys_stream_one_by_one_resizes_follow_and_the_terminal_is_restored() {
+/// `banger vm exec -it` on a fresh pty of this size, connected to a fake daemon that has taken
+/// its request.
+struct TtyExec {
+    _dir: tempfile::TempDir,
+    master: std::fs::File,
+    slave: std::fs::File,
+    child: Child,
+    chan: Channel,
+    request: Request,
+}
+
+async fn tty_exec(rows: u16, cols: u16) -> TtyExec {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("d.sock");
     let mut listener = UnixSeqpacketListener::bind(&socket).unwrap();
-    let (mut master, slave) = pty(30, 100);
+    let (master, slave) = pty(rows, cols);
     assert!(is_cooked(&slave));
     let child = spawn_on_pty(&socket, &slave);
-    let (mut chan, request) = accept(&mut listener).await;
+    let (chan, request) = accept(&mut listener).await;
+    TtyExec { _dir: dir, master, slave, child, chan, request }
+}
+
+#[tokio::test]
+async fn keys_stream_one_by_one_resizes_follow_and_the_terminal_is_restored() {
+    let TtyExec { _dir, mut master, slave, child, mut chan, request } = tty_exec(30, 100).await;
     let Request::VmExec { spec, .. } = request else { panic!("{request:?}") };
     assert_eq!(spec.tty, Some(WindowSize { rows: 30, cols: 100 }));
     assert!(spec.stdin);
@@ -117,12 +133,7 @@ async fn keys_stream_one_by_one_resizes_follow_and_the_terminal_is_restored() {
 
 #[tokio::test]
 async fn a_failed_exec_restores_the_terminal_and_exits_with_its_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("d.sock");
-    let mut listener = UnixSeqpacketListener::bind(&socket).unwrap();
-    let (master, slave) = pty(24, 80);
-    let child = spawn_on_pty(&socket, &slave);
-    let (chan, _) = accept(&mut listener).await;
+    let TtyExec { _dir, master, slave, child, chan, .. } = tty_exec(24, 80).await;
     let failed = ExecEvent::Failed { code: 127, message: "sh: not found".into() };
     chan.send(&Response::Exec(failed), false).await.unwrap();
     let (code, seen, _master) = exit_code(child, master).await;
@@ -133,12 +144,7 @@ async fn a_failed_exec_restores_the_terminal_and_exits_with_its_code() {
 
 #[tokio::test]
 async fn a_daemon_that_hangs_up_mid_exec_still_leaves_the_terminal_restored() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("d.sock");
-    let mut listener = UnixSeqpacketListener::bind(&socket).unwrap();
-    let (master, slave) = pty(24, 80);
-    let child = spawn_on_pty(&socket, &slave);
-    let (chan, _) = accept(&mut listener).await;
+    let TtyExec { _dir, master, slave, child, chan, .. } = tty_exec(24, 80).await;
     chan.send(&Response::Exec(ExecEvent::Started { pid: 1 }), true).await.unwrap();
     drop(chan);
     let (code, seen, _master) = exit_code(child, master).await;

@@ -218,29 +218,19 @@ impl Jails {
             ));
         }
         let state = self.state()?;
-        let kernel = validate::owned_file(&state, &self.state_dir, self.uid, &spec.kernel)?;
-        let disk = spec
-            .disk
-            .as_deref()
-            .map(|d| validate::owned_file(&state, &self.state_dir, self.uid, d))
-            .transpose()?;
-        let initrd = spec
-            .initrd
-            .as_deref()
-            .map(|i| validate::owned_file(&state, &self.state_dir, self.uid, i))
-            .transpose()?;
+        let file = |path: &str| validate::owned_file(&state, &self.state_dir, self.uid, path);
+        let files = VmFiles {
+            kernel: file(&spec.kernel)?,
+            initrd: spec.initrd.as_deref().map(file).transpose()?,
+            disk: spec.disk.as_deref().map(file).transpose()?,
+        };
         let slot = self.slot(&spec.vm);
         let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
         let base = self.jail_base(&state)?;
         self.clean_locked(&base, &spec.vm, &mut held)?;
         let (kind, run) = match &spec.qemu {
-            Some(q) => {
-                (Kind::Qemu, self.run_qemu(&base, spec, q, &kernel, initrd.as_ref(), disk.as_ref(), console))
-            }
-            None => {
-                let run = self.build_and_run(&base, spec, &kernel, initrd.as_ref(), disk.as_ref(), console);
-                (Kind::Firecracker, run)
-            }
+            Some(q) => (Kind::Qemu, self.run_qemu(&base, spec, q, &files, console)),
+            None => (Kind::Firecracker, self.build_and_run(&base, spec, &files, console)),
         };
         match run {
             Ok(vmm) => {
@@ -261,34 +251,48 @@ impl Jails {
         }
     }
 
+    /// The VM's jail, `<jail>/<kind's dir>/<vm>/root`, built by root with root as owner, so
+    /// nothing can be planted in it while it is built: the VM's files bound in (the kernel as
+    /// `kernel_name`). Directories above the root are traversable (0711, no listing): the
+    /// daemon, as its owner, reaches the VMM's sockets through them.
+    fn new_jail(
+        &self,
+        base: &Dir,
+        kind: Kind,
+        vm: &str,
+        files: &VmFiles,
+        kernel_name: &str,
+    ) -> Result<Dir, Error> {
+        let fail = |e: Errno| internal(&format!("cannot build the jail of {vm}"), explain(e));
+        let exec = base.make_dir(self.dir_name(kind), 0o711).map_err(fail)?;
+        let vm_dir = exec.new_dir(vm, 0o711).map_err(fail)?;
+        // QEMU's uid reads its way in; the jailer opens Firecracker's root itself.
+        let root_mode = if kind == Kind::Qemu { 0o755 } else { 0o700 };
+        let root = vm_dir.new_dir("root", root_mode).map_err(fail)?;
+        for (dir, mode) in [(&exec, 0o711), (&vm_dir, 0o711), (&root, root_mode)] {
+            nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(mode)).map_err(fail)?;
+        }
+        bind_into(&files.kernel, &root, kernel_name)?;
+        if let Some(initrd) = &files.initrd {
+            bind_into(initrd, &root, qemu::INITRD)?;
+        }
+        if let Some(disk) = &files.disk {
+            bind_into(disk, &root, qemu::DISK)?;
+        }
+        Ok(root)
+    }
+
     /// Builds the VM's jail and runs the jailer in it: the VMM, held by pidfd.
     fn build_and_run(
         &self,
         base: &Dir,
         spec: &LaunchSpec,
-        kernel: &OwnedFd,
-        initrd: Option<&OwnedFd>,
-        disk: Option<&OwnedFd>,
+        files: &VmFiles,
         console: Option<OwnedFd>,
     ) -> Result<Vmm, Error> {
-        // The jail, built by root with root as owner, so nothing can be planted in it while it is
-        // built: the kernel and disk bound in, the log and metrics files, the configuration.
-        // Directories above the root are traversable (0711, no listing): the daemon, as its
-        // owner, reaches the API socket through them.
         let fail = |e: Errno| internal(&format!("cannot build the jail of {}", spec.vm), explain(e));
-        let exec = base.make_dir(&self.exec_name, 0o711).map_err(fail)?;
-        let vm_dir = exec.new_dir(&spec.vm, 0o711).map_err(fail)?;
-        let root = vm_dir.new_dir("root", 0o700).map_err(fail)?;
-        for dir in [&exec, &vm_dir] {
-            nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(0o711)).map_err(fail)?;
-        }
-        bind_into(kernel, &root, BOUND[0])?;
-        if let Some(disk) = disk {
-            bind_into(disk, &root, BOUND[1])?;
-        }
-        if let Some(initrd) = initrd {
-            bind_into(initrd, &root, qemu::INITRD)?;
-        }
+        // Firecracker's log and metrics files and its configuration go in too.
+        let root = self.new_jail(base, Kind::Firecracker, &spec.vm, files, BOUND[0])?;
         for name in ["firecracker.log", "metrics.json"] {
             let file = root.create(name, 0o600).map_err(fail)?;
             nix::unistd::fchown(file.as_fd(), Some(self.uid), Some(self.gid)).map_err(fail)?;
@@ -303,13 +307,7 @@ impl Jails {
         }
         // The root stays root's: the jailer copies Firecracker into it by path, as root, and
         // gives it to the VM's uid itself once it has pivoted into it.
-        let (stdout, stderr) = match console {
-            Some(fd) => {
-                let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
-                (Stdio::from(fd), Stdio::from(copy))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
+        let (stdout, stderr) = console_stdio(console)?;
         let mut jailer = Command::new(&self.jailer);
         jailer
             .args(["--id", &spec.vm, "--exec-file"])
@@ -531,31 +529,16 @@ impl Jails {
 
     /// Builds the VM's QEMU jail and starts QEMU chrooted in it (see `qemu`). The root is
     /// root's and read-only to the VM's uid; only `run/` (its sockets) is the uid's.
-    #[allow(clippy::too_many_arguments)]
     fn run_qemu(
         &self,
         base: &Dir,
         spec: &LaunchSpec,
         q: &protocol::helper::QemuSpec,
-        kernel: &OwnedFd,
-        initrd: Option<&OwnedFd>,
-        disk: Option<&OwnedFd>,
+        files: &VmFiles,
         console: Option<OwnedFd>,
     ) -> Result<Vmm, Error> {
         let fail = |e: Errno| internal(&format!("cannot build the jail of {}", spec.vm), explain(e));
-        let exec = base.make_dir(self.dir_name(Kind::Qemu), 0o711).map_err(fail)?;
-        let vm_dir = exec.new_dir(&spec.vm, 0o711).map_err(fail)?;
-        let root = vm_dir.new_dir("root", 0o755).map_err(fail)?;
-        for (dir, mode) in [(&exec, 0o711), (&vm_dir, 0o711), (&root, 0o755)] {
-            nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(mode)).map_err(fail)?;
-        }
-        bind_into(kernel, &root, qemu::KERNEL)?;
-        if let Some(initrd) = initrd {
-            bind_into(initrd, &root, qemu::INITRD)?;
-        }
-        if let Some(disk) = disk {
-            bind_into(disk, &root, qemu::DISK)?;
-        }
+        let root = self.new_jail(base, Kind::Qemu, &spec.vm, files, qemu::KERNEL)?;
         for dir in ["etc", "dev"] {
             // Made under the helper's tight umask: opened up so QEMU's uid can reach inside.
             let made = root.new_dir(dir, 0o755).map_err(fail)?;
@@ -585,13 +568,7 @@ impl Jails {
             }
             None => None,
         };
-        let (stdout, stderr) = match console {
-            Some(fd) => {
-                let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
-                (Stdio::from(fd), Stdio::from(copy))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
+        let (stdout, stderr) = console_stdio(console)?;
         let mut command = Command::new(&self.qemu);
         command
             .args(qemu::args(spec, q, tap.is_some()))
@@ -791,6 +768,24 @@ fn bind_into(source: &OwnedFd, root: &Dir, name: &str) -> Result<(), Error> {
         None::<&str>,
     )
     .map_err(|e| fail(e.to_string()))
+}
+
+/// A VM's files, checked and opened by descriptor (`validate::owned_file`): what its jail binds in.
+struct VmFiles {
+    kernel: OwnedFd,
+    initrd: Option<OwnedFd>,
+    disk: Option<OwnedFd>,
+}
+
+/// The VMM's stdout and stderr: the console log the daemon passed, or nothing.
+fn console_stdio(console: Option<OwnedFd>) -> Result<(Stdio, Stdio), Error> {
+    match console {
+        Some(fd) => {
+            let copy = fd.try_clone().map_err(|e| Error::internal(e.to_string()))?;
+            Ok((Stdio::from(fd), Stdio::from(copy)))
+        }
+        None => Ok((Stdio::null(), Stdio::null())),
+    }
 }
 
 /// Binds a host path (trusted: root's own files) read-only at `inside` in the jail root, made

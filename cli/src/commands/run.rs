@@ -265,33 +265,19 @@ fn print_timings(t: &Timings) {
     lines.push(format!("  boot to agent ready   {}", ms(t.wait)));
     if let Some(b) = &t.boot {
         lines.push(format!("    kernel → /init      {}", us(b.init_us)));
+        // Each step the guest took, and how long after the one before it.
+        let steps = [
+            ("modules loaded", b.modules_us),
+            ("root mounted", b.root_us),
+            ("agent listening", Some(b.listening_us)),
+            ("agent ready", Some(b.ready_us)),
+        ];
         let mut last = b.init_us;
-        if let Some(m) = b.modules_us {
-            lines.push(format!(
-                "    modules loaded      {}  (+{})",
-                us(m),
-                us(m.saturating_sub(last)).trim()
-            ));
-            last = m;
+        for (label, at) in steps {
+            let Some(at) = at else { continue };
+            lines.push(format!("    {label:<20}{}  (+{})", us(at), us(at.saturating_sub(last)).trim()));
+            last = at;
         }
-        if let Some(r) = b.root_us {
-            lines.push(format!(
-                "    root mounted        {}  (+{})",
-                us(r),
-                us(r.saturating_sub(last)).trim()
-            ));
-            last = r;
-        }
-        lines.push(format!(
-            "    agent listening     {}  (+{})",
-            us(b.listening_us),
-            us(b.listening_us.saturating_sub(last)).trim()
-        ));
-        lines.push(format!(
-            "    agent ready         {}  (+{})",
-            us(b.ready_us),
-            us(b.ready_us.saturating_sub(b.listening_us)).trim()
-        ));
         // The guest counts from its kernel's start; what the host spent around that (VMM
         // launch, kernel loading, the daemon's own work and round trips) is the rest.
         let host = (t.start + t.wait).saturating_sub(Duration::from_micros(b.ready_us));

@@ -1,7 +1,7 @@
 //! KernelStore: owns `kernels/<name>/`: `vmlinux` (ELF, Firecracker), `bzImage` (QEMU),
 //! `modules.cpio` (the guest's modules, the first part of every VM's initrd) and
-//! `kernel.json`. Takes `ImportKernel`, `ListKernels`, `RemoveKernel`, `KernelPath`,
-//! `KernelFiles`, and `Describe`/`Control` from the supervisor. All file work runs on blocking
+//! `kernel.json`. Takes `ImportKernel`, `ListKernels`, `RemoveKernel`,
+//! `GetKernelFiles`, and `Describe`/`Control` from the supervisor. All file work runs on blocking
 //! threads; an import is made in a scratch directory and renamed into place whole.
 
 mod archive;
@@ -43,11 +43,6 @@ pub struct ListKernels;
 #[derive(Message)]
 #[rtype(result = "Result<(), Error>")]
 pub struct RemoveKernel(pub String);
-
-/// The path of a kernel's ELF, if it exists.
-#[derive(Message)]
-#[rtype(result = "Result<PathBuf, Error>")]
-pub struct KernelPath(pub String);
 
 /// Every file a kernel is kept as: what a VMM boots and what a VM's initrd starts with.
 #[derive(Message)]
@@ -403,14 +398,6 @@ impl Handler<ListKernels> for KernelStore {
             }
             Ok(kernels)
         }))
-    }
-}
-
-impl Handler<KernelPath> for KernelStore {
-    type Result = ResponseFuture<Result<PathBuf, Error>>;
-    fn handle(&mut self, KernelPath(name): KernelPath, _: &mut Context<Self>) -> Self::Result {
-        let dir = self.dir.clone();
-        Box::pin(blocking(move || path(&dir, &name)))
     }
 }
 

@@ -82,13 +82,7 @@ enum Command {
 /// The VM actor's end: dropping it ends the link.
 pub struct Link {
     handle: AgentHandle,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop,
 }
 
 impl Link {
@@ -96,7 +90,7 @@ impl Link {
         let (state_tx, state) = watch::channel(AgentState::Waiting);
         let (commands_tx, commands) = mpsc::channel(64);
         let task = tokio::spawn(run(vmm, running, state_tx, commands, log));
-        Link { handle: AgentHandle { state, commands: commands_tx }, task }
+        Link { handle: AgentHandle { state, commands: commands_tx }, _task: AbortOnDrop(task) }
     }
 
     pub fn state(&self) -> AgentState {

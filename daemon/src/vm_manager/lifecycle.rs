@@ -9,7 +9,7 @@ use protocol::vm::{VmAction, VmInfo, VmmKind};
 use tokio::sync::mpsc;
 
 use super::{VmError, VmManager};
-use crate::kernels::KernelPath;
+use crate::kernels::GetKernelFiles;
 use crate::network::{EnsureBridge, LeaseIp};
 use crate::peers::Peers;
 use crate::vm::follow::Chunk;
@@ -73,26 +73,24 @@ async fn boot_for(name: String, paths: Paths, actor: Addr<VmActor>, peers: Peers
         }
         None => None,
     };
-    let vmlinux = peers.kernels().ask(KernelPath(spec.kernel.clone())).await?;
-    let initrd = Some(paths.dir.join("initrd")).filter(|p| p.is_file());
-    let kernel = match spec.vmm {
-        VmmKind::Firecracker => {
-            // Without an initrd the kernel starts the agent the disk holds.
-            if initrd.is_none() && !spec.kernel_args.iter().any(|a| a.starts_with("init=")) {
-                kernel_args.push("init=/.banger/agent".into());
-            }
-            vmlinux
-        }
-        VmmKind::Qemu => {
-            let bz = vmlinux.with_file_name("bzImage");
-            if !bz.is_file() {
-                return Err(Error::new(
-                    protocol::ErrorKind::InvalidInput,
-                    format!("kernel {} has no bzImage, which QEMU boots", spec.kernel),
-                )
-                .with_hint("import a distro kernel (banger kernel import linux-image-*.deb), or use --vmm firecracker"));
-            }
-            bz
+    let files = peers.kernels().ask(GetKernelFiles(spec.kernel.clone())).await?;
+    // `vm create` made the VM's initrd from the kernel's modules, where it has them.
+    let initrd = files.modules_cpio.is_some().then(|| paths.initrd());
+    if initrd.is_none() && !spec.kernel_args.iter().any(|a| a.starts_with("init=")) {
+        // Without an initrd the kernel starts the agent the disk holds.
+        kernel_args.push(format!("init={}", crate::disk::AGENT_IN_DISK));
+    }
+    let kernel = match (spec.vmm, files.bzimage) {
+        (VmmKind::Firecracker, _) => files.vmlinux,
+        (VmmKind::Qemu, Some(bz)) => bz,
+        (VmmKind::Qemu, None) => {
+            return Err(Error::new(
+                protocol::ErrorKind::InvalidInput,
+                format!("kernel {} has no bzImage, which QEMU boots", spec.kernel),
+            )
+            .with_hint(
+                "import a distro kernel (banger kernel import linux-image-*.deb), or use --vmm firecracker",
+            ));
         }
     };
     Ok(Boot {

@@ -28,19 +28,10 @@ impl Firecracker {
         call(&self.peers, request, fd).await
     }
 
-    async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {
-        let tap = super::make_tap(&self.peers, &boot).await?;
-        let booted = self.launch(&boot, tap.as_ref(), console).await;
-        if booted.is_err() && tap.is_some() {
-            let _ = self.helper(HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
-        }
-        booted
-    }
-
     async fn launch(
         &self,
         boot: &Boot,
-        tap: Option<&(String, String)>,
+        tap: Option<(String, String)>,
         console: OwnedFd,
     ) -> Result<Running, Error> {
         let spec = LaunchSpec {
@@ -50,7 +41,7 @@ impl Firecracker {
             disk: Some(boot.disk.display().to_string()),
             cpus: boot.cpus,
             memory_mib: boot.memory_mib,
-            config: Some(config(boot, tap).to_string()),
+            config: Some(config(boot, tap.as_ref()).to_string()),
             qemu: None,
         };
         let (pid, root) = match self.helper(HelperRequest::LaunchVm(spec), Some(console)).await? {
@@ -89,7 +80,8 @@ fn config(boot: &Boot, tap: Option<&(String, String)>) -> serde_json::Value {
 
 impl Vmm for Firecracker {
     fn boot(&self, boot: Boot, console: OwnedFd) -> BoxFuture<'_, Result<Running, Error>> {
-        self.boot_inner(boot, console).boxed()
+        async move { super::with_tap(&self.peers, &boot, |tap| self.launch(&boot, tap, console)).await }
+            .boxed()
     }
 
     fn shutdown<'a>(&'a self, running: &'a Running) -> BoxFuture<'a, Result<(), Error>> {

@@ -96,14 +96,29 @@ pub fn probe() -> (VmmKind, bool) {
     }
 }
 
-/// The VM's tap, made by the helper, with the guest's MAC: for a networked boot.
-pub async fn make_tap(peers: &Peers, boot: &Boot) -> Result<Option<(String, String)>, Error> {
-    let Some((bridge, mac)) = &boot.network else { return Ok(None) };
-    let request = HelperRequest::CreateTap { vm: boot.vm.clone(), bridge: bridge.clone() };
-    match call(peers, request, None).await? {
-        HelperResponse::Tap { name } => Ok(Some((name, mac.clone()))),
-        other => Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+/// Boots through `launch`, given the VM's tap and the guest's MAC when it is networked: the
+/// tap is made by the helper first, and removed again if the launch fails.
+pub async fn with_tap<F, Fut>(peers: &Peers, boot: &Boot, launch: F) -> Result<Running, Error>
+where
+    F: FnOnce(Option<(String, String)>) -> Fut,
+    Fut: std::future::Future<Output = Result<Running, Error>>,
+{
+    let tap = match &boot.network {
+        None => None,
+        Some((bridge, mac)) => {
+            let request = HelperRequest::CreateTap { vm: boot.vm.clone(), bridge: bridge.clone() };
+            match call(peers, request, None).await? {
+                HelperResponse::Tap { name } => Some((name, mac.clone())),
+                other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+            }
+        }
+    };
+    let networked = tap.is_some();
+    let booted = launch(tap).await;
+    if booted.is_err() && networked {
+        let _ = call(peers, HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
     }
+    booted
 }
 
 pub async fn kill_through_helper(peers: &Peers, vm: &str, running: &Running) -> Result<(), Error> {

@@ -30,19 +30,10 @@ impl Qemu {
         Qemu { peers, kvm }
     }
 
-    async fn boot_inner(&self, boot: Boot, console: OwnedFd) -> Result<Running, Error> {
-        let tap = super::make_tap(&self.peers, &boot).await?;
-        let booted = self.launch(&boot, tap.as_ref(), console).await;
-        if booted.is_err() && tap.is_some() {
-            let _ = call(&self.peers, HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
-        }
-        booted
-    }
-
     async fn launch(
         &self,
         boot: &Boot,
-        tap: Option<&(String, String)>,
+        tap: Option<(String, String)>,
         console: OwnedFd,
     ) -> Result<Running, Error> {
         // microvm has no PCI bus: `pci=off` spares the kernel the search.
@@ -60,8 +51,8 @@ impl Qemu {
             config: None,
             qemu: Some(QemuSpec {
                 cmdline: cmdline.trim().to_string(),
-                tap: tap.map(|(name, _)| name.clone()),
-                mac: tap.map(|(_, mac)| mac.clone()),
+                mac: tap.as_ref().map(|(_, mac)| mac.clone()),
+                tap: tap.map(|(name, _)| name),
                 kvm: self.kvm,
             }),
         };
@@ -75,7 +66,8 @@ impl Qemu {
 
 impl Vmm for Qemu {
     fn boot(&self, boot: Boot, console: OwnedFd) -> BoxFuture<'_, Result<Running, Error>> {
-        self.boot_inner(boot, console).boxed()
+        async move { super::with_tap(&self.peers, &boot, |tap| self.launch(&boot, tap, console)).await }
+            .boxed()
     }
 
     /// The ACPI power button. The agent is asked first (see the VM actor); this is for a guest
