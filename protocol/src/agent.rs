@@ -47,6 +47,29 @@ pub enum AgentRequest {
     Ping { nonce: u64 },
     /// Stop every process, unmount, and power the VM off. Answered with `Ok` before it starts.
     PowerOff,
+    /// Open a TCP connection to the guest's own loopback (`127.0.0.1:port`, then `[::1]:port`)
+    /// and carry it as exec `id`: `Started { pid: 0 }`, the guest side's bytes as `Stdout`
+    /// output, the host's as stdin (`CloseStdin` shuts the guest socket's write side), then
+    /// `Exited(Code(0))` once the guest side has closed and everything is sent; or
+    /// `Failed { code: 1, message }` when nothing listens ("connection refused"). The same
+    /// windows as an exec apply. Used by `banger vm proxy` (ssh's ProxyCommand) and port
+    /// forwards; it needs no guest network, only loopback. Since protocol 6.
+    Connect { id: u32, port: u16 },
+    /// Install the VM's ssh host key and the user's public key, and start an SSH server on
+    /// port 22 if none runs: the image's own `sshd` when it has one, else the agent's built-in
+    /// server. Sent after every `Ready` (so a restarted agent or a restored clone gets it again);
+    /// answered with [`AgentEvent::Ssh`] or `Error`. Since protocol 6.
+    Ssh(SshSetup),
+}
+
+/// What the guest needs to serve ssh with keys the host already trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSetup {
+    /// The VM's ed25519 host key, OpenSSH private-key format (`-----BEGIN OPENSSH PRIVATE
+    /// KEY-----`). Written to `/etc/ssh/ssh_host_ed25519_key` (0600, its `.pub` beside it).
+    pub host_key: String,
+    /// Lines for root's `authorized_keys` (`ssh-ed25519 AAAA… comment`).
+    pub authorized_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +88,11 @@ pub enum AgentEvent {
         nonce: u64,
     },
     Ok,
+    /// The answer to [`AgentRequest::Ssh`]: which server listens on port 22, e.g.
+    /// `openssh /usr/sbin/sshd` or `banger-agent`. Since protocol 6.
+    Ssh {
+        server: String,
+    },
     /// A request the agent could not take (unknown id, a duplicate id, too many execs).
     Error {
         id: Option<u32>,

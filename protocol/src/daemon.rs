@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::exec::{ExecEvent, ExecInput, ExecSpec};
 use crate::image::{ImageInfo, PruneReport, PullEvent, PullRequest};
-use crate::vm::{KernelInfo, VmCreate, VmInfo};
+use crate::vm::{KernelInfo, PortForward, VmCreate, VmInfo, Workspace};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -101,6 +101,21 @@ pub enum Request {
     /// One round trip to the VM's agent and back (no process started): answered with
     /// [`Response::Pong`] once the agent answered. Since protocol 5.
     VmPing { name: String },
+    /// A TCP connection to `port` on the guest's loopback, through the agent's channel: the
+    /// client sends bytes as `ExecInput::Stdin` (and `CloseStdin`), the guest's come back as
+    /// `Exec` output; answered like `VmExec` (`Failed` when nothing listens). `banger vm proxy`,
+    /// ssh's ProxyCommand. Since protocol 6.
+    VmConnect { name: String, port: u16 },
+    /// Forward a host port to a guest port from now on (also across daemon restarts, and
+    /// every time the VM runs). Answered with [`Response::Vm`]; refused when the host port is
+    /// taken. Since protocol 6.
+    VmPortAdd { name: String, forward: PortForward },
+    /// Stop forwarding `host_port` (on every address it was forwarded from). Answered with
+    /// [`Response::Vm`]. Since protocol 6.
+    VmPortRemove { name: String, host_port: u16 },
+    /// Record (or with `None`, forget) what `banger vm workspace copy` put in the VM. Answered
+    /// with [`Response::Vm`]. Since protocol 6.
+    VmWorkspaceSet { name: String, workspace: Option<Workspace> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use crate::error::{Error, ErrorKind};
 pub const MAGIC: [u8; 8] = *b"BANGER\x00\x01";
 
 /// The protocol versions this build speaks, oldest first.
-pub const PROTOCOL_MIN: u32 = 5;
-pub const PROTOCOL_MAX: u32 = 5;
+pub const PROTOCOL_MIN: u32 = 6;
+pub const PROTOCOL_MAX: u32 = 6;
 
 /// Which server a socket belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,6 +62,70 @@ pub struct VmCreate {
     pub kernel_args: Vec<String>,
     /// The VMM; the daemon picks one for this host when absent.
     pub vmm: Option<VmmKind>,
+    /// Host ports forwarded to guest ports while the VM runs (`vm run -p`). Since protocol 6.
+    pub ports: Vec<PortForward>,
+}
+
+/// A TCP port forward from the host to the guest, carried by the daemon and the agent's
+/// channel (the guest needs no network). Since protocol 6.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortForward {
+    /// An IP address, or `localhost` (both `127.0.0.1` and `::1`).
+    pub host_addr: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl PortForward {
+    /// The host addresses to listen on.
+    pub fn host_ips(&self) -> Result<Vec<std::net::IpAddr>, Error> {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        if self.host_addr == "localhost" {
+            return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        }
+        let addr = self.host_addr.trim_start_matches('[').trim_end_matches(']');
+        addr.parse().map(|ip| vec![ip]).map_err(|_| {
+            Error::new(ErrorKind::InvalidInput, format!("{:?} is not an IP address", self.host_addr))
+                .with_hint("use an address such as 127.0.0.1, ::1, 0.0.0.0, or localhost")
+        })
+    }
+}
+
+impl std::fmt::Display for PortForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host_addr.contains(':') && !self.host_addr.starts_with('[') {
+            write!(f, "[{}]:{}->{}", self.host_addr, self.host_port, self.guest_port)
+        } else {
+            write!(f, "{}:{}->{}", self.host_addr, self.host_port, self.guest_port)
+        }
+    }
+}
+
+/// What `banger vm workspace copy` put in the guest, so later commands can tell what changed
+/// on the host since. Since protocol 6.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// The host checkout's top directory (absolute).
+    pub host_dir: String,
+    /// Where it is in the guest.
+    pub guest_dir: String,
+    /// `HEAD` when it was copied (absent in a repository with no commit yet).
+    pub commit: Option<String>,
+    /// A git tree id of the whole working state copied (tracked and untracked, not ignored).
+    pub tree: String,
+    /// Unix seconds.
+    pub copied_at: u64,
+}
+
+/// How to ssh into a VM. Since protocol 6.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshInfo {
+    /// The guest user ssh logs in as.
+    pub user: String,
+    /// The VM's host key, public, as one OpenSSH line (`ssh-ed25519 AAAA…`).
+    pub host_key: String,
+    /// Which server the agent started (`openssh /usr/sbin/sshd`, `banger-agent`), once it did.
+    pub server: Option<String>,
 }
 
 /// A VM's settled configuration.
@@ -190,6 +254,15 @@ pub struct VmInfo {
     /// The guest agent, while the VM runs.
     #[serde(default)]
     pub agent: Option<AgentState>,
+    /// Since protocol 6.
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
+    /// Since protocol 6.
+    #[serde(default)]
+    pub workspace: Option<Workspace>,
+    /// Absent for VMs created before protocol 6. Since protocol 6.
+    #[serde(default)]
+    pub ssh: Option<SshInfo>,
 }
 
 fn kept() -> bool {

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use banger_protocol::agent::{AgentEvent, AgentReady, AgentRequest, BootTimings};
+use banger_protocol::agent::{AgentEvent, AgentReady, AgentRequest, BootTimings, SshSetup};
 use banger_protocol::codec::encode;
 use banger_protocol::daemon::{
     ActorState, ActorStatus, ChaosAction, Request, Response, StatusReport, VersionInfo,
@@ -15,7 +15,9 @@ use banger_protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, Network
 use banger_protocol::image::{
     Credentials, ImageInfo, ImageSource, LayerProgress, PruneReport, PullEvent, PullRequest,
 };
-use banger_protocol::vm::{AgentState, KernelInfo, VmCreate, VmInfo, VmSpec, VmState, VmmKind};
+use banger_protocol::vm::{
+    AgentState, KernelInfo, PortForward, SshInfo, VmCreate, VmInfo, VmSpec, VmState, VmmKind, Workspace,
+};
 use banger_protocol::{Error, ErrorKind};
 
 fn hex(bytes: &[u8]) -> String {
@@ -172,6 +174,19 @@ fn encoded_samples_match_snapshot() {
         started_at: None,
         last_exit: Some("killed".into()),
         agent: Some(AgentState::Ready(ready.clone())),
+        ports: vec![PortForward { host_addr: "localhost".into(), host_port: 8080, guest_port: 80 }],
+        workspace: Some(Workspace {
+            host_dir: "/home/u/src/app".into(),
+            guest_dir: "/workspace".into(),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            tree: "89abcdef0123456789abcdef0123456789abcdef".into(),
+            copied_at: 1_800_000_100,
+        }),
+        ssh: Some(SshInfo {
+            user: "root".into(),
+            host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA web.banger".into(),
+            server: Some("banger-agent".into()),
+        }),
     };
     let create = VmCreate {
         name: "web".into(),
@@ -183,6 +198,7 @@ fn encoded_samples_match_snapshot() {
         network: true,
         kernel_args: vec![],
         vmm: Some(VmmKind::Firecracker),
+        ports: vec![PortForward { host_addr: "127.0.0.1".into(), host_port: 2222, guest_port: 22 }],
     };
     for r in [
         Request::VmCreate(create),
@@ -240,6 +256,13 @@ fn encoded_samples_match_snapshot() {
         Request::VmCopyOut { name: "web".into(), path: "/etc".into() },
         Request::VmWait { name: "web".into(), timeout_ms: 30_000 },
         Request::VmPing { name: "web".into() },
+        Request::VmConnect { name: "web".into(), port: 22 },
+        Request::VmPortAdd {
+            name: "web".into(),
+            forward: PortForward { host_addr: "::1".into(), host_port: 8080, guest_port: 80 },
+        },
+        Request::VmPortRemove { name: "web".into(), host_port: 8080 },
+        Request::VmWorkspaceSet { name: "web".into(), workspace: None },
     ] {
         out += &line(&r);
     }
@@ -260,6 +283,11 @@ fn encoded_samples_match_snapshot() {
         AgentRequest::CopyOut { id: 3, path: "/etc".into() },
         AgentRequest::Ping { nonce: 5 },
         AgentRequest::PowerOff,
+        AgentRequest::Connect { id: 4, port: 22 },
+        AgentRequest::Ssh(SshSetup {
+            host_key: "-----BEGIN OPENSSH PRIVATE KEY-----\n".into(),
+            authorized_keys: vec!["ssh-ed25519 AAAA user".into()],
+        }),
     ] {
         out += &line(&r);
     }
@@ -269,6 +297,7 @@ fn encoded_samples_match_snapshot() {
         AgentEvent::StdinAck { id: 1, bytes: 4096 },
         AgentEvent::Pong { nonce: 5 },
         AgentEvent::Ok,
+        AgentEvent::Ssh { server: "banger-agent".into() },
         AgentEvent::Error { id: Some(1), error: error.clone() },
     ] {
         out += &line(&r);

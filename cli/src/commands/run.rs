@@ -177,6 +177,7 @@ async fn create(
             network: !args.no_net,
             kernel_args: vec![],
             vmm: args.vmm,
+            ports: vec![],
         };
         match crate::commands::vm::vm(c, socket, Request::VmCreate(create)).await {
             Ok(vm) => {

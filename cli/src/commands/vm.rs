@@ -61,6 +61,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
                 network: !no_net,
                 kernel_args,
                 vmm,
+                ports: vec![],
             };
             let v = vm(&mut c, &socket, Request::VmCreate(create)).await?;
             show(out, &v, spec_line(&v));

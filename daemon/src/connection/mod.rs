@@ -312,6 +312,11 @@ async fn route(
         )),
         Request::VmWait { name, timeout_ms } => one(wait(p, name, ms(timeout_ms)).await, Response::Vm),
         Request::VmPing { name } => one(ping(p, name).await, |()| Response::Pong),
+        Request::VmConnect { name, port } => Reply::Exec(name, Op::Connect(port)),
+        // TODO(issue 11): ports and workspace records.
+        Request::VmPortAdd { .. } | Request::VmPortRemove { .. } | Request::VmWorkspaceSet { .. } => {
+            reply(Response::Error(Error::new(ErrorKind::InvalidInput, "not yet")))
+        }
     };
     match reply {
         Reply::One(response) => chan.send(&response, false).await,

@@ -43,6 +43,8 @@ pub enum Op {
     Exec(ExecSpec),
     CopyIn(String),
     CopyOut(String),
+    /// A TCP connection to this port on the guest's loopback.
+    Connect(u16),
 }
 
 /// What a running exec's session receives.
@@ -441,6 +443,7 @@ async fn serve(
                             Op::Exec(spec) => AgentRequest::Exec { id, spec },
                             Op::CopyIn(path) => AgentRequest::CopyIn { id, path },
                             Op::CopyOut(path) => AgentRequest::CopyOut { id, path },
+                            Op::Connect(port) => AgentRequest::Connect { id, port },
                         }
                     }
                     Command::Input { id, input } => AgentRequest::Input { id, input },
@@ -536,7 +539,8 @@ fn deliver(
                 let _ = done.send(Err(error));
             }
         }
-        AgentEvent::Ready(_) | AgentEvent::Pong { .. } => {}
+        // TODO(issue 11): record which ssh server the guest started.
+        AgentEvent::Ready(_) | AgentEvent::Pong { .. } | AgentEvent::Ssh { .. } => {}
     }
     None
 }

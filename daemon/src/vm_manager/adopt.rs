@@ -81,6 +81,9 @@ fn damaged(name: &str, paths: &Paths, why: String) -> Record {
         started_at: None,
         last_exit: None,
         agent: None,
+        ports: vec![],
+        workspace: None,
+        ssh: None,
     };
     Record { info, running: None }
 }

@@ -147,6 +147,9 @@ impl Handler<CreateVm> for VmManager {
                 started_at: None,
                 last_exit: None,
                 agent: None,
+                ports: req.ports.clone(),
+                workspace: None,
+                ssh: None,
             };
             let record = Record { info, running: None };
             let (p, r) = (paths.clone(), record.clone());

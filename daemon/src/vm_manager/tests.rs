@@ -177,6 +177,7 @@ fn create(name: &str) -> CreateVm {
         network: false,
         kernel_args: vec![],
         vmm: None,
+        ports: vec![],
     })
 }
 
