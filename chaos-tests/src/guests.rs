@@ -67,6 +67,14 @@ pub fn guest_kernel() -> Option<PathBuf> {
     std::env::var_os("BANGER_GUEST_KERNEL").map(PathBuf::from).filter(|p| p.is_file())
 }
 
+/// The Debian 12 root filesystem with OpenSSH's server and git that `scripts/dev debian-image`
+/// makes: `BANGER_DEBIAN_IMAGE` (capability `debian`).
+pub fn debian_image() -> Option<PathBuf> {
+    let tar = std::env::var_os("BANGER_DEBIAN_IMAGE").map(PathBuf::from).filter(|p| p.is_file());
+    let why = "BANGER_DEBIAN_IMAGE does not name the Debian image tar (scripts/dev debian-image makes it)";
+    capable("debian", tar.is_some(), why).then_some(tar).flatten()
+}
+
 /// The busybox root filesystem as a flat tar: a shell and the usual commands, root and an
 /// unprivileged `app` user (1000), and an `/etc/os-release` of its own.
 pub fn busybox_rootfs(busybox: &Path) -> LayerTar {
@@ -135,6 +143,13 @@ impl GuestHost {
         std::fs::write(&rootfs, busybox_rootfs(&busybox).bytes()).expect("write the rootfs tar");
         guests.ok(&["image", "import", rootfs.to_str().expect("path"), "--name", "busybox"]);
         Some(guests)
+    }
+
+    /// Imports the Debian image (sshd, git) as `debian`; `None` (after saying why) without it.
+    pub fn import_debian(&self) -> Option<()> {
+        let tar = debian_image()?;
+        self.ok(&["image", "import", tar.to_str().expect("path"), "--name", "debian"]);
+        Some(())
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
