@@ -505,3 +505,167 @@ fn power_off_answers_ok_then_the_host_process_exits() {
             .map_or(true, |s| !s.contains(&format!(" {} ", agent.pid())))
     }));
 }
+
+/// A loopback listener whose every connection is served by `serve` on its own thread.
+fn tcp_server(serve: fn(std::net::TcpStream)) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}
+
+/// Echoes until end-of-file, then ends its own side (a half-close both ways).
+fn echo(conn: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut reader = conn.try_clone().unwrap();
+    let mut writer = conn;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if writer.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown(std::net::Shutdown::Write);
+}
+
+/// Sends `data` as connection `id`'s input within the window, then closes it; returns what
+/// came back and how the connection ended.
+fn pump(c: &mut chaos_tests::agent::AgentConn, id: u32, data: &[u8]) -> (Vec<u8>, ExecEvent, Option<u32>) {
+    let (mut sent, mut acked, mut out, mut pid) = (0usize, 0usize, Vec::new(), None);
+    if data.is_empty() {
+        c.send(&AgentRequest::Input { id, input: ExecInput::CloseStdin });
+    }
+    loop {
+        while sent < data.len() && sent - acked < WINDOW as usize {
+            let n = (data.len() - sent).min(16 * 1024).min(WINDOW as usize - (sent - acked));
+            c.send(&AgentRequest::Input { id, input: ExecInput::Stdin(data[sent..sent + n].to_vec()) });
+            sent += n;
+            if sent == data.len() {
+                c.send(&AgentRequest::Input { id, input: ExecInput::CloseStdin });
+            }
+        }
+        match c.recv(T).expect("session open") {
+            AgentEvent::StdinAck { id: i, bytes } if i == id => acked += bytes as usize,
+            AgentEvent::Exec { id: i, event: ExecEvent::Output { stream, data } } if i == id => {
+                assert_eq!(stream, OutputStream::Stdout);
+                c.send(&AgentRequest::OutputAck { id, bytes: data.len() as u64 });
+                out.extend(data);
+            }
+            AgentEvent::Exec { id: i, event: ExecEvent::Started { pid: p } } if i == id => pid = Some(p),
+            AgentEvent::Exec { id: i, event } if i == id => return (out, event, pid),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn connect_carries_bytes_both_ways_and_half_closes() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect();
+    let port = tcp_server(echo);
+    c.send(&AgentRequest::Connect { id: 1, port });
+    // More than a window each way: acks and StdinAcks pace it.
+    let data = chaos_tests::noise(5 * WINDOW as usize / 2, 11);
+    let (out, end, pid) = pump(&mut c, 1, &data);
+    assert_eq!(pid, Some(0), "a connection is no process");
+    assert_eq!(end, ExecEvent::Exited(ExitStatus::Code(0)), "the guest side's end-of-file ends it");
+    assert!(out == data, "echoed {} of {} bytes, equal: false", out.len(), data.len());
+
+    // The guest side closing first ends it even while the host's side is still open.
+    let port = tcp_server(|mut conn| {
+        use std::io::Write;
+        conn.write_all(b"bye\n").unwrap();
+    });
+    c.send(&AgentRequest::Connect { id: 2, port });
+    let d = c.collect(&[2], T).remove(&2).unwrap();
+    assert_eq!(d.end, Some(ExecEvent::Exited(ExitStatus::Code(0))), "{d:?}");
+    assert_eq!(d.stdout_text(), "bye\n");
+
+    // Only the write side closes: the server still answers after seeing end-of-file.
+    let port = tcp_server(|mut conn| {
+        use std::io::{Read, Write};
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        conn.write_all(format!("got {} bytes", got.len()).as_bytes()).unwrap();
+    });
+    c.send(&AgentRequest::Connect { id: 3, port });
+    let (out, end, _) = pump(&mut c, 3, b"12345");
+    assert_eq!(end, ExecEvent::Exited(ExitStatus::Code(0)));
+    assert_eq!(String::from_utf8_lossy(&out), "got 5 bytes");
+}
+
+#[test]
+fn connect_to_a_port_nobody_listens_on_fails_with_the_reason() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    c.send(&AgentRequest::Connect { id: 7, port });
+    let d = c.collect(&[7], T).remove(&7).unwrap();
+    assert_eq!(
+        d.end,
+        Some(ExecEvent::Failed {
+            code: 1,
+            message: format!("connection refused: nothing listens on port {port} in the guest")
+        })
+    );
+    assert!(d.pid.is_none(), "never started: {d:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    // The id is free again, and the session goes on.
+    let port = tcp_server(echo);
+    c.send(&AgentRequest::Connect { id: 7, port });
+    let (out, end, _) = pump(&mut c, 7, b"again");
+    assert_eq!((out, end), (b"again".to_vec(), ExecEvent::Exited(ExitStatus::Code(0))));
+}
+
+#[test]
+fn many_connections_at_once_each_stop_at_their_window() {
+    const N: u32 = 16;
+    let agent = TestAgent::start();
+    let mut c = agent.connect();
+    // Each connection's server sends two windows, then closes.
+    let port = tcp_server(|mut conn| {
+        use std::io::Write;
+        let _ = conn.write_all(&chaos_tests::noise(2 * WINDOW as usize, 5));
+    });
+    for id in 1..=N {
+        c.send(&AgentRequest::Connect { id, port });
+    }
+    let mut got = std::collections::HashMap::<u32, Vec<u8>>::new();
+    while got.len() < N as usize || got.values().any(|g| (g.len() as u64) < WINDOW) {
+        match c.recv(T).expect("open") {
+            AgentEvent::Exec { id, event: ExecEvent::Output { data, .. } } => {
+                got.entry(id).or_default().extend(data)
+            }
+            AgentEvent::Exec { event: ExecEvent::Started { pid: 0 }, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Without acks, nothing more comes: every connection is held at exactly its window.
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(&AgentRequest::Ping { nonce: 3 });
+    assert_eq!(c.recv(T), Some(AgentEvent::Pong { nonce: 3 }), "no output past the windows");
+    assert!(got.values().all(|g| g.len() as u64 == WINDOW));
+    for (&id, g) in &got {
+        c.send(&AgentRequest::OutputAck { id, bytes: g.len() as u64 });
+    }
+    let ids: Vec<u32> = (1..=N).collect();
+    let rest = c.collect(&ids, Duration::from_secs(30));
+    let expected = chaos_tests::noise(2 * WINDOW as usize, 5);
+    for id in ids {
+        let d = &rest[&id];
+        assert_eq!(d.end, Some(ExecEvent::Exited(ExitStatus::Code(0))), "connection {id}: {d:?}");
+        let mut all = got[&id].clone();
+        all.extend(&d.stdout);
+        assert!(all == expected, "connection {id}: {} bytes, equal: false", all.len());
+    }
+}

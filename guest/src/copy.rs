@@ -37,7 +37,11 @@ pub fn copy_in(ctx: &Ctx, id: u32, path: String) {
         let (r, w) = exec::pipe()?;
         let dest = PathBuf::from(&path);
         worker("copy-in", move || unpack(File::from(r), &dest), shared)?;
-        Ok(Started { pid: None, io: Io { outputs: vec![], stdin: Some(w), stdin_is_tty: false }, tty: None })
+        Ok(Started {
+            pid: None,
+            io: Io { outputs: vec![], stdin: Some(w), stdin_is_tty: false, socket: false },
+            tty: None,
+        })
     });
 }
 
@@ -49,7 +53,12 @@ pub fn copy_out(ctx: &Ctx, id: u32, path: String) {
         worker("copy-out", move || pack(&src, File::from(w)), shared)?;
         Ok(Started {
             pid: None,
-            io: Io { outputs: vec![(r, OutputStream::Stdout)], stdin: None, stdin_is_tty: false },
+            io: Io {
+                outputs: vec![(r, OutputStream::Stdout)],
+                stdin: None,
+                stdin_is_tty: false,
+                socket: false,
+            },
             tty: None,
         })
     });

@@ -110,6 +110,9 @@ pub struct Io {
     pub stdin: Option<OwnedFd>,
     /// Stdin is a terminal: closing it sends end-of-file (^D) instead.
     pub stdin_is_tty: bool,
+    /// A TCP connection (`Connect`) is both stdin and the output: closing stdin shuts its
+    /// write side, and the exec ends once the output reaches end-of-file.
+    pub socket: bool,
 }
 
 /// What starting an exec produced.
@@ -153,7 +156,12 @@ pub fn begin(
         Err(e) => return ctx.outbox.send(&event(id, ExecEvent::Failed { code: e.code, message: e.message })),
     };
     let pid = started.pid;
-    let reported = pid.map_or(std::process::id(), |p| p.as_raw().unsigned_abs());
+    // A copy runs in the agent's own process; a connection in none.
+    let reported = match (pid, started.io.socket) {
+        (Some(p), _) => p.as_raw().unsigned_abs(),
+        (None, true) => 0,
+        (None, false) => std::process::id(),
+    };
     ctx.outbox.send(&event(id, ExecEvent::Started { pid: reported }));
     table.insert(id, Handle { shared: shared.clone(), pid, tty: started.tty, stdin });
     drop(table);
@@ -191,8 +199,12 @@ pub fn start(ctx: &Ctx, id: u32, spec: &ExecSpec) {
                 let (master, slave) = open_pty(size)
                     .map_err(|e| SpawnError::cannot_run(format!("cannot open a terminal: {e}")))?;
                 let stdin = if spec.stdin { Some(dup(&master)?) } else { None };
-                let io =
-                    Io { outputs: vec![(dup(&master)?, OutputStream::Stdout)], stdin, stdin_is_tty: true };
+                let io = Io {
+                    outputs: vec![(dup(&master)?, OutputStream::Stdout)],
+                    stdin,
+                    stdin_is_tty: true,
+                    socket: false,
+                };
                 (ChildStdio::Tty(slave), io, Some(Arc::new(master)))
             }
             None => {
@@ -203,6 +215,7 @@ pub fn start(ctx: &Ctx, id: u32, spec: &ExecSpec) {
                     outputs: vec![(out_r, OutputStream::Stdout), (err_r, OutputStream::Stderr)],
                     stdin: spec.stdin.then_some(in_w),
                     stdin_is_tty: false,
+                    socket: false,
                 };
                 (ChildStdio::Pipes { stdin: in_r, stdout: out_w, stderr: err_w }, io, None)
             }
@@ -378,10 +391,14 @@ fn run(ctx: &Ctx, id: u32, shared: &Arc<Shared>, wake: &OwnedFd, io: Io) {
         }
         if (ended.is_some() || (pending.is_empty() && close_stdin))
             && let Some(fd) = stdin.take()
-            && io.stdin_is_tty
             && ended.is_none()
         {
-            let _ = nix::unistd::write(&fd, &[4]); // ^D: end-of-file on a terminal
+            if io.stdin_is_tty {
+                let _ = nix::unistd::write(&fd, &[4]); // ^D: end-of-file on a terminal
+            } else if io.socket {
+                // The output is the same socket: only its write side ends.
+                let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+            }
         }
         if let Some(at) = ended {
             let past_grace = at.elapsed() >= GRACE;
@@ -451,11 +468,20 @@ fn run(ctx: &Ctx, id: u32, shared: &Arc<Shared>, wake: &OwnedFd, io: Io) {
                     ctx.outbox.send(&event(id, ExecEvent::Output { stream: o.stream, data }));
                 }
                 Err(Errno::EAGAIN | Errno::EINTR) => o.idle = true,
+                Err(e) if io.socket => {
+                    shared
+                        .finish(Outcome::Failed(format!("the connection in the guest failed: {}", e.desc())));
+                    o.fd = None;
+                }
                 Err(e) => {
                     crate::log!("exec {id}: reading its output: {e}");
                     o.fd = None;
                 }
             }
+        }
+        // A connection ends with the guest side's end-of-file (its output is all sent by now).
+        if io.socket && outputs.iter().all(|o| o.fd.is_none()) {
+            shared.finish(Outcome::Exited(protocol::exec::ExitStatus::Code(0)));
         }
         // Stdin, as the process takes it.
         if let (Some(slot), Some(fd)) = (stdin_slot, &stdin)

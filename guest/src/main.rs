@@ -7,6 +7,7 @@
 
 mod channel;
 mod cmdline;
+mod connect;
 mod copy;
 mod exec;
 mod init;

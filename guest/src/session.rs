@@ -171,11 +171,11 @@ fn handle(agent: &Agent, ctx: &Ctx, request: AgentRequest) -> Option<End> {
             ctx.outbox.send(&AgentEvent::Ok);
             return Some(End::PowerOff);
         }
-        // TODO(issue 11): the guest side of Connect and Ssh.
-        AgentRequest::Connect { id, .. } => {
-            ctx.outbox.send(&AgentEvent::Error { id: Some(id), error: Error::protocol("not yet") })
+        AgentRequest::Connect { id, port } => crate::connect::connect(ctx, id, port),
+        // TODO(issue 11): the guest side of Ssh.
+        AgentRequest::Ssh(_) => {
+            ctx.outbox.send(&AgentEvent::Error { id: None, error: Error::protocol("not yet") })
         }
-        AgentRequest::Ssh(_) => ctx.outbox.send(&AgentEvent::Error { id: None, error: Error::protocol("not yet") }),
     }
     None
 }
