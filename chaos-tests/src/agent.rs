@@ -38,11 +38,17 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With more arguments after `--listen-unix SOCK` (e.g. `--ssh-root DIR --ssh-port P`).
+    pub fn start_with(args: &[&std::ffi::OsStr]) -> Self {
         let dir = tempfile::Builder::new().prefix("banger-agent-").tempdir().expect("temp dir");
         let socket = dir.path().join("agent.sock");
         let child = Command::new(agent_bin())
             .arg("--listen-unix")
             .arg(&socket)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

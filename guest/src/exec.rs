@@ -237,7 +237,7 @@ fn dup(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
 }
 
 /// A new pseudo-terminal of `size`: (master, slave), both close-on-exec.
-fn open_pty(size: WindowSize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn open_pty(size: WindowSize) -> std::io::Result<(OwnedFd, OwnedFd)> {
     use std::os::unix::fs::OpenOptionsExt;
     let master: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
@@ -263,7 +263,7 @@ fn open_pty(size: WindowSize) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
-fn resize(master: &OwnedFd, size: WindowSize) -> std::io::Result<()> {
+pub(crate) fn resize(master: &OwnedFd, size: WindowSize) -> std::io::Result<()> {
     let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads a winsize we own, on a terminal descriptor we own.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {

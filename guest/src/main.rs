@@ -3,7 +3,8 @@
 //! panic), so nothing here unwraps outside data.
 //!
 //! Modes: PID 1 (`getpid() == 1`: from the initrd or as `init=`), `--listen-unix PATH` (the
-//! agent protocol as an ordinary host process, for tests), `--version`.
+//! agent protocol as an ordinary host process, for tests), `ssh-server …` (the built-in SSH
+//! server, see `ssh::server`), `--version`.
 
 mod channel;
 mod cmdline;
@@ -19,6 +20,7 @@ mod reaper;
 mod session;
 mod signals;
 mod spawn;
+mod ssh;
 mod sys;
 mod users;
 
@@ -34,30 +36,55 @@ use crate::reaper::Reaper;
 use crate::session::Agent;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // The built-in SSH server is a process of its own, with its own (async) design: it takes
+    // none of the agent's signal handling.
+    if args.get(1).map(String::as_str) == Some("ssh-server") {
+        return ssh::server::main(args.get(2..).unwrap_or_default());
+    }
     signals::block();
     if std::process::id() == 1 {
         pid1::run();
     }
-    let args: Vec<String> = std::env::args().collect();
     match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("--version" | "-V"), None) => {
             let _ = writeln!(std::io::stdout(), "banger-agent {}", protocol::SOFTWARE_VERSION);
             ExitCode::SUCCESS
         }
-        (Some("--listen-unix"), Some(path)) => listen_unix(Path::new(path)),
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "usage: banger-agent --listen-unix PATH | --version\n(as PID 1 it is the guest's init)"
-            );
-            ExitCode::from(2)
+        (Some("--listen-unix"), Some(path)) => match ssh_options(args.get(3..).unwrap_or_default()) {
+            Ok(ssh) => listen_unix(Path::new(path), ssh),
+            Err(e) => usage(&e),
+        },
+        _ => usage(""),
+    }
+}
+
+fn usage(problem: &str) -> ExitCode {
+    let _ = writeln!(
+        std::io::stderr(),
+        "{problem}{}usage: banger-agent --listen-unix PATH [--ssh-root DIR --ssh-port P] | --version | \
+         ssh-server …\n(as PID 1 it is the guest's init)",
+        if problem.is_empty() { "" } else { "\n" }
+    );
+    ExitCode::from(2)
+}
+
+/// `--ssh-root DIR --ssh-port P`: where a host-process agent installs ssh keys and which port
+/// its SSH server takes (tests); without them it refuses `Ssh` requests.
+fn ssh_options(args: &[String]) -> Result<Option<(std::path::PathBuf, u16)>, String> {
+    match args {
+        [] => Ok(None),
+        [a, root, b, port] if a == "--ssh-root" && b == "--ssh-port" => {
+            let port = port.parse().map_err(|_| format!("{port} is not a port"))?;
+            Ok(Some((root.into(), port)))
         }
+        _ => Err(format!("unexpected arguments: {}", args.join(" "))),
     }
 }
 
 /// The agent as a host process: serves the protocol on a unix socket, one session at a time,
 /// and adopts its execs' orphans (a subreaper), so it reaps as PID 1 would.
-fn listen_unix(path: &Path) -> ExitCode {
+fn listen_unix(path: &Path, ssh: Option<(std::path::PathBuf, u16)>) -> ExitCode {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
         log!("cannot become a subreaper: {}", std::io::Error::last_os_error());
@@ -72,9 +99,11 @@ fn listen_unix(path: &Path) -> ExitCode {
     };
     let reaper = Arc::new(Reaper::default());
     let r = reaper.clone();
+    let ssh = ssh.map(|(root, port)| Arc::new(ssh::setup::Ssh::new(root, port, reaper.clone(), false)));
     let agent = Agent {
         reaper: reaper.clone(),
         guest: false,
+        ssh,
         timings: Mutex::new(BootTimings {
             init_us: 0,
             modules_us: None,

@@ -94,9 +94,11 @@ fn start_server(reaper: &Arc<Reaper>, timings: BootTimings) {
 fn server(timings: BootTimings) -> ! {
     let reaper = Arc::new(Reaper::default());
     let r = reaper.clone();
+    let ssh = crate::ssh::setup::Ssh::new("/".into(), 22, reaper.clone(), true);
     let agent = Arc::new(Agent {
         reaper: reaper.clone(),
         guest: true,
+        ssh: Some(Arc::new(ssh)),
         timings: Mutex::new(timings),
         ready_once: OnceLock::new(),
         power_off: Box::new(move || power_off(&r)),

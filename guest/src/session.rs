@@ -28,6 +28,9 @@ pub struct Agent {
     pub reaper: Arc<Reaper>,
     /// PID 1 in a guest: `Sync` sets the clock and seeds the RNG; `PowerOff` powers off.
     pub guest: bool,
+    /// Where `Ssh` installs keys and the server it supervises (`None`: a host-process agent
+    /// started without `--ssh-root`).
+    pub ssh: Option<Arc<crate::ssh::setup::Ssh>>,
     pub timings: Mutex<BootTimings>,
     pub ready_once: OnceLock<u64>,
     /// What `PowerOff` does, after answering `Ok`.
@@ -172,10 +175,16 @@ fn handle(agent: &Agent, ctx: &Ctx, request: AgentRequest) -> Option<End> {
             return Some(End::PowerOff);
         }
         AgentRequest::Connect { id, port } => crate::connect::connect(ctx, id, port),
-        // TODO(issue 11): the guest side of Ssh.
-        AgentRequest::Ssh(_) => {
-            ctx.outbox.send(&AgentEvent::Error { id: None, error: Error::protocol("not yet") })
-        }
+        AgentRequest::Ssh(setup) => match &agent.ssh {
+            Some(ssh) => ssh.request(&ctx.outbox, setup),
+            None => ctx.outbox.send(&AgentEvent::Error {
+                id: None,
+                error: Error::new(
+                    protocol::ErrorKind::InvalidInput,
+                    "this agent runs as a host process: start it with --ssh-root DIR --ssh-port P to serve ssh",
+                ),
+            }),
+        },
     }
     None
 }

@@ -12,7 +12,7 @@ use protocol::exec::{EXIT_CANNOT_RUN, EXIT_NOT_FOUND, ExecSpec};
 use crate::reaper::{OnExit, Reaper};
 use crate::users::Identity;
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where the child failed, as it reports it.
 const STAGE_SETUP: u32 = 1;

@@ -13,12 +13,15 @@ pub struct Identity {
     pub home: Option<String>,
 }
 
+/// One `/etc/passwd` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Passwd {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: String,
+pub struct Passwd {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    /// The login shell (`/bin/sh` when the entry leaves it empty).
+    pub shell: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +41,13 @@ fn parse_passwd(text: &str) -> Vec<Passwd> {
             let gid = f.next()?.parse().ok()?;
             let _gecos = f.next()?;
             let home = f.next()?;
+            let shell = f.next().filter(|s| !s.is_empty()).unwrap_or("/bin/sh");
             (!name.is_empty() && !name.starts_with('#')).then(|| Passwd {
                 name: name.into(),
                 uid,
                 gid,
                 home: home.into(),
+                shell: shell.into(),
             })
         })
         .collect()
@@ -71,6 +76,12 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<Identity, String> {
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
     resolve_in(&parse_passwd(&passwd), &parse_group(&group), spec.unwrap_or("0"))
+}
+
+/// The first `/etc/passwd` entry under `root` that `matches`.
+pub fn find(root: &Path, matches: impl Fn(&Passwd) -> bool) -> Option<Passwd> {
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    parse_passwd(&passwd).into_iter().find(|p| matches(p))
 }
 
 fn resolve_in(passwd: &[Passwd], groups: &[Group], spec: &str) -> Result<Identity, String> {
@@ -150,6 +161,10 @@ mod tests {
     #[test]
     fn malformed_lines_are_skipped() {
         assert_eq!(parse_passwd(PASSWD).len(), 3);
+        let shells: Vec<String> = parse_passwd(PASSWD).into_iter().map(|p| p.shell).collect();
+        assert_eq!(shells, ["/bin/sh", "/bin/sh", "/usr/sbin/nologin"]);
+        let empty = parse_passwd("x:x:1:1::/h:\n").into_iter().map(|p| p.shell).collect::<Vec<_>>();
+        assert_eq!(empty, ["/bin/sh"], "an empty shell is sh");
         assert_eq!(parse_group(GROUP).len(), 4);
     }
 }
