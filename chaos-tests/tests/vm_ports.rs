@@ -91,6 +91,13 @@ async fn a_guest_server_answers_on_the_host_port_and_again_after_bangerd_is_kill
     );
     let v: serde_json::Value = serde_json::from_str(&g.ok(&["vm", "inspect", "web"])).unwrap();
     assert_eq!(v["ports"].as_array().unwrap().len(), 1, "the refused forward is not kept: {v}");
+    let held = format!("127.0.0.1:{taken}:80");
+    let mut args = vec!["vm", "run", "--rm", "--name", "late", "-p", &held];
+    args.extend(GuestHost::VM);
+    args.extend(["busybox", "--", "true"]);
+    let out = g.cli(&args);
+    assert!(!out.status.success(), "vm run -p on a taken port must fail");
+    assert!(stderr(&out).contains(&format!("cannot listen on 127.0.0.1:{taken}")), "{}", stderr(&out));
 
     // A guest port nobody listens on: added, with a warning; a connection is reset at once.
     let idle = free_port();

@@ -279,7 +279,8 @@ impl Handler<Start> for VmActor {
     type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
 
     fn handle(&mut self, msg: Start, _: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.check(VmAction::Start) {
+        if let Err(e) = self.check(VmAction::Start).and_then(|()| ports::check_free(&self.record.info.ports))
+        {
             return Box::pin(async move { Err(e) }.into_actor(self));
         }
         if let Some(ip) = &msg.boot.ip {

@@ -52,6 +52,11 @@ impl Forwards {
     }
 }
 
+/// Refuses a start whose forwards could not listen (checked by binding them once).
+pub fn check_free(forwards: &[PortForward]) -> Result<(), Error> {
+    forwards.iter().try_for_each(|f| bind(f).map(drop))
+}
+
 /// Binds every host address of `forward` (non-blocking, ready for tokio).
 fn bind(forward: &PortForward) -> Result<Vec<TcpListener>, Error> {
     let mut bound = vec![];
