@@ -81,6 +81,9 @@ pub enum Command {
     /// Host-wide set-up.
     #[command(subcommand)]
     System(SystemCommand),
+    /// Make `ssh NAME.banger` work from anywhere (an `Include` in ~/.ssh/config).
+    #[command(subcommand)]
+    SshConfig(SshConfigCommand),
     /// Print a shell completion script, e.g. `banger completion bash > /etc/bash_completion.d/banger`.
     Completion { shell: clap_complete::Shell },
 }
@@ -278,6 +281,9 @@ pub enum VmCommand {
         /// firecracker or qemu (default: the daemon picks what this host runs best).
         #[arg(long)]
         vmm: Option<VmmKind>,
+        /// Forward a host port to a guest port while it runs: [ADDR:]HOST:GUEST; repeatable.
+        #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST", value_parser = crate::commands::port::parse)]
+        ports: Vec<protocol::vm::PortForward>,
     },
     /// Create and boot a VM from an image and run a command in it (pulls the image if needed).
     #[command(after_help = RUN_EXAMPLES)]
@@ -330,6 +336,58 @@ pub enum VmCommand {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Open a shell (or run CMD) in a VM with the system's ssh, host key already trusted.
+    #[command(after_help = SSH_EXAMPLES)]
+    Ssh {
+        name: String,
+        /// Reach the VM at its address instead of through the daemon (needs its network).
+        #[arg(long)]
+        direct: bool,
+        /// A command to run instead of a login shell.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Carry stdin and stdout to a TCP port in a VM, through the daemon (ssh's ProxyCommand).
+    Proxy {
+        /// The VM (`NAME` or ssh's `NAME.banger`).
+        name: String,
+        port: u16,
+    },
+    /// Forward host ports to a VM's ports.
+    #[command(subcommand)]
+    Port(PortCommand),
+}
+
+pub const SSH_EXAMPLES: &str = "Examples:
+  banger vm ssh web                    a login shell
+  banger vm ssh web -- uname -a        one command
+  ssh web.banger                       the same, after `banger ssh-config install`
+  scp notes.txt web.banger:/root/      and scp, sftp, rsync, an editor's remote mode";
+
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Forward [ADDR:]HOST_PORT to GUEST_PORT from now on (kept across restarts).
+    Add {
+        name: String,
+        #[arg(value_name = "[ADDR:]HOST:GUEST", value_parser = crate::commands::port::parse)]
+        forward: protocol::vm::PortForward,
+    },
+    /// Stop forwarding a host port.
+    #[command(alias = "remove")]
+    Rm { name: String, host_port: u16 },
+    /// List a VM's forwards.
+    #[command(alias = "list")]
+    Ls { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SshConfigCommand {
+    /// Add one marked `Include` line for banger's VMs to ~/.ssh/config (idempotent).
+    Install,
+    /// Remove exactly that line.
+    Uninstall,
+    /// Print the path of the file banger keeps current (one `Host NAME.banger` per VM).
+    Path,
 }
 
 #[derive(Debug, Subcommand)]

@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// No network interface.
     #[arg(long)]
     pub no_net: bool,
+    /// Forward a host port to a guest port: [HOST_ADDR:]HOST_PORT:GUEST_PORT (HOST_ADDR
+    /// defaults to localhost: 127.0.0.1 and ::1); repeatable. Works without --net.
+    #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST", value_parser = crate::commands::port::parse)]
+    pub ports: Vec<protocol::vm::PortForward>,
     /// Print to stderr where the time went (pull, disk, VMM, kernel, /init, agent, exec).
     #[arg(long)]
     pub timings: bool,

@@ -37,6 +37,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Vm(args::VmCommand::Exec(a)) => commands::exec::run(&cli.global, a).await,
             Command::Vm(args::VmCommand::Run(a)) => commands::run::run(&cli.global, a, &out).await,
+            Command::Vm(args::VmCommand::Ssh { name, direct, command }) => {
+                commands::ssh::ssh(&cli.global, &name, direct, command).await
+            }
+            Command::Vm(args::VmCommand::Proxy { name, port }) => {
+                commands::ssh::proxy(&cli.global, &name, port).await
+            }
+            Command::Vm(args::VmCommand::Port(cmd)) => {
+                done(commands::port::run(&cli.global, cmd, &out).await)
+            }
+            Command::SshConfig(cmd) => done(commands::ssh::config(&cli.global, cmd, &out)),
             Command::Vm(args::VmCommand::Cp { src, dst }) => {
                 commands::cp::run(&cli.global, &src, &dst, &out).await
             }

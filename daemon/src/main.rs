@@ -21,6 +21,7 @@ mod network;
 mod notify;
 mod peers;
 mod persist;
+mod ssh;
 mod store;
 mod subprocess;
 mod supervisor;

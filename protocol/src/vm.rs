@@ -257,12 +257,12 @@ pub struct VmInfo {
     /// Since protocol 6.
     #[serde(default)]
     pub ports: Vec<PortForward>,
-    /// Since protocol 6.
+    /// Since protocol 6. (Boxed, as `ssh`: every reply holding a VM carries their room.)
     #[serde(default)]
-    pub workspace: Option<Workspace>,
+    pub workspace: Option<Box<Workspace>>,
     /// Absent for VMs created before protocol 6. Since protocol 6.
     #[serde(default)]
-    pub ssh: Option<SshInfo>,
+    pub ssh: Option<Box<SshInfo>>,
 }
 
 fn kept() -> bool {

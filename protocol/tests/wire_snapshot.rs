@@ -175,18 +175,18 @@ fn encoded_samples_match_snapshot() {
         last_exit: Some("killed".into()),
         agent: Some(AgentState::Ready(ready.clone())),
         ports: vec![PortForward { host_addr: "localhost".into(), host_port: 8080, guest_port: 80 }],
-        workspace: Some(Workspace {
+        workspace: Some(Box::new(Workspace {
             host_dir: "/home/u/src/app".into(),
             guest_dir: "/workspace".into(),
             commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             tree: "89abcdef0123456789abcdef0123456789abcdef".into(),
             copied_at: 1_800_000_100,
-        }),
-        ssh: Some(SshInfo {
+        })),
+        ssh: Some(Box::new(SshInfo {
             user: "root".into(),
             host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA web.banger".into(),
             server: Some("banger-agent".into()),
-        }),
+        })),
     };
     let create = VmCreate {
         name: "web".into(),

@@ -6,6 +6,8 @@ pub mod daemon;
 pub mod exec;
 pub mod image;
 pub mod kernel;
+pub mod port;
 pub mod run;
+pub mod ssh;
 pub mod version;
 pub mod vm;

@@ -177,7 +177,7 @@ async fn create(
             network: !args.no_net,
             kernel_args: vec![],
             vmm: args.vmm,
-            ports: vec![],
+            ports: args.ports.clone(),
         };
         match crate::commands::vm::vm(c, socket, Request::VmCreate(create)).await {
             Ok(vm) => {

@@ -50,7 +50,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
     client::require(&c, 2, "VMs")?;
     let ms = |d: std::time::Duration| d.as_millis() as u64;
     match cmd {
-        VmCommand::Create { name, image, kernel, cpus, memory, disk, no_net, kernel_args, vmm } => {
+        VmCommand::Create { name, image, kernel, cpus, memory, disk, no_net, kernel_args, vmm, ports } => {
             let create = VmCreate {
                 name,
                 image,
@@ -61,7 +61,7 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
                 network: !no_net,
                 kernel_args,
                 vmm,
-                ports: vec![],
+                ports,
             };
             let v = vm(&mut c, &socket, Request::VmCreate(create)).await?;
             show(out, &v, spec_line(&v));
@@ -95,8 +95,13 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
             let v = vm(&mut c, &socket, Request::VmInspect { name }).await?;
             out.json(&v);
         }
-        VmCommand::Run(_) | VmCommand::Exec(_) | VmCommand::Cp { .. } => {
-            return Err(Error::internal("vm run, exec and cp are dispatched in main"));
+        VmCommand::Run(_)
+        | VmCommand::Exec(_)
+        | VmCommand::Cp { .. }
+        | VmCommand::Ssh { .. }
+        | VmCommand::Proxy { .. }
+        | VmCommand::Port(_) => {
+            return Err(Error::internal("vm run, exec, cp, ssh, proxy and port are dispatched in main"));
         }
         VmCommand::Logs { name, follow } => {
             c.send(&Request::VmLogs { name, follow }).await.map_err(|e| client::advise(&socket, e))?;
@@ -119,8 +124,8 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
 
 fn table(list: &[VmInfo], out: &Output) -> String {
     let mut text = format!(
-        "{:<20} {:<10} {:>4} {:>9} {:<16} {:>8} {:<11} {}\n",
-        "NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "PID", "VMM", "AGENT"
+        "{:<20} {:<10} {:>4} {:>9} {:<16} {:>8} {:<11} {:<9} {}\n",
+        "NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "PID", "VMM", "AGENT", "PORTS"
     );
     for v in list {
         let state = match &v.state {
@@ -141,7 +146,7 @@ fn table(list: &[VmInfo], out: &Output) -> String {
             Some(AgentState::Degraded(_)) => ("degraded", Tone::Bad),
         };
         text.push_str(&format!(
-            "{:<20} {} {:>4} {:>5} MiB {:<16} {:>8} {:<11} {}\n",
+            "{:<20} {} {:>4} {:>5} MiB {:<16} {:>8} {:<11} {} {}\n",
             escape(&v.name),
             out.paint(tone, &format!("{state:<10}")),
             v.spec.cpus,
@@ -149,7 +154,8 @@ fn table(list: &[VmInfo], out: &Output) -> String {
             escape(&v.spec.image),
             pid,
             v.spec.vmm.name(),
-            out.paint(agent_tone, agent),
+            out.paint(agent_tone, &format!("{agent:<9}")),
+            super::port::summary(&v.ports),
         ));
     }
     text

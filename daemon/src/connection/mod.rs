@@ -30,8 +30,10 @@ use crate::peers::{Peers, restarting};
 use crate::supervisor::{Chaos, GetStatus, Shutdown};
 use crate::vm::agent::Op;
 use crate::vm::follow::Chunk;
+use crate::vm::ports::PortChange;
 use crate::vm_manager::{
-    AgentOf, CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall,
+    AgentOf, CreateVm, Lifecycle, ListVms, Logs, Ports, PruneVms, RemoveImage, RemoveKernel, RemoveVm,
+    Uninstall,
 };
 use seats::{MAX_CONNECTIONS, Seat};
 
@@ -313,8 +315,14 @@ async fn route(
         Request::VmWait { name, timeout_ms } => one(wait(p, name, ms(timeout_ms)).await, Response::Vm),
         Request::VmPing { name } => one(ping(p, name).await, |()| Response::Pong),
         Request::VmConnect { name, port } => Reply::Exec(name, Op::Connect(port)),
-        // TODO(issue 11): ports and workspace records.
-        Request::VmPortAdd { .. } | Request::VmPortRemove { .. } | Request::VmWorkspaceSet { .. } => {
+        Request::VmPortAdd { name, forward } => {
+            one(p.vms().ask(Ports { name, change: PortChange::Add(forward) }).await, Response::Vm)
+        }
+        Request::VmPortRemove { name, host_port } => {
+            one(p.vms().ask(Ports { name, change: PortChange::Remove(host_port) }).await, Response::Vm)
+        }
+        // TODO(issue 11): workspace records.
+        Request::VmWorkspaceSet { .. } => {
             reply(Response::Error(Error::new(ErrorKind::InvalidInput, "not yet")))
         }
     };

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::agent::{AgentEvent, AgentRequest, WINDOW};
+use protocol::agent::{AgentEvent, AgentRequest, SshSetup, WINDOW};
 use protocol::exec::{ExecEvent, ExecInput, ExecSpec};
 use protocol::handshake::{Hello, ServerHello, ServiceKind};
 use protocol::stream::{self, Decoder};
@@ -84,19 +84,48 @@ enum Command {
 /// The VM actor's end: dropping it ends the link.
 pub struct Link {
     handle: AgentHandle,
+    ssh_server: watch::Receiver<Option<String>>,
     _task: AbortOnDrop,
 }
 
+/// The files the guest's ssh setup is made from, read anew at every connection (a restarted
+/// agent, a restored clone get them again).
+#[derive(Debug, Clone)]
+pub struct SshKeys {
+    /// The VM's private host key (OpenSSH format).
+    pub host_key: std::path::PathBuf,
+    /// The user's public client key, one line.
+    pub client_public: std::path::PathBuf,
+}
+
+impl SshKeys {
+    async fn read(&self) -> Result<SshSetup, String> {
+        let read = |p: std::path::PathBuf| async move {
+            tokio::fs::read_to_string(&p).await.map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let host_key = read(self.host_key.clone()).await?;
+        let client = read(self.client_public.clone()).await?;
+        Ok(SshSetup { host_key, authorized_keys: vec![client.trim().to_string()] })
+    }
+}
+
 impl Link {
-    pub fn start(vmm: Arc<dyn Vmm>, running: Running, log: Logger) -> Link {
+    pub fn start(vmm: Arc<dyn Vmm>, running: Running, ssh: Option<SshKeys>, log: Logger) -> Link {
         let (state_tx, state) = watch::channel(AgentState::Waiting);
+        let (ssh_tx, ssh_server) = watch::channel(None);
         let (commands_tx, commands) = mpsc::channel(64);
-        let task = tokio::spawn(run(vmm, running, state_tx, commands, log));
-        Link { handle: AgentHandle { state, commands: commands_tx }, _task: AbortOnDrop(task) }
+        let link = LinkCtx { vmm, running, state: state_tx, ssh, ssh_server: ssh_tx, log };
+        let task = tokio::spawn(run(link, commands));
+        Link { handle: AgentHandle { state, commands: commands_tx }, ssh_server, _task: AbortOnDrop(task) }
     }
 
     pub fn state(&self) -> AgentState {
         self.handle.state.borrow().clone()
+    }
+
+    /// Which ssh server the guest started, once it said.
+    pub fn ssh_server(&self) -> Option<String> {
+        self.ssh_server.borrow().clone()
     }
 
     pub fn handle(&self) -> AgentHandle {
@@ -227,18 +256,23 @@ enum Ended {
     Dropped,
 }
 
-async fn run(
+/// What the link's task works with.
+struct LinkCtx {
     vmm: Arc<dyn Vmm>,
     running: Running,
     state: watch::Sender<AgentState>,
-    mut commands: mpsc::Receiver<Command>,
+    ssh: Option<SshKeys>,
+    ssh_server: watch::Sender<Option<String>>,
     log: Logger,
-) {
+}
+
+async fn run(link: LinkCtx, mut commands: mpsc::Receiver<Command>) {
+    let LinkCtx { state, log, .. } = &link;
     let started = Instant::now();
     // A booting guest answers once its agent runs; one that was ready answers at once.
     let mut handshake_wait = BOOT_WAIT;
     loop {
-        let ended = session(&*vmm, &running, &state, &mut commands, handshake_wait, &log).await;
+        let ended = session(&link, &mut commands, handshake_wait).await;
         if matches!(*state.borrow(), AgentState::Ready(_) | AgentState::Degraded(_)) {
             handshake_wait = ANSWER_WAIT;
         }
@@ -323,14 +357,8 @@ fn seed() -> Vec<u8> {
     bytes
 }
 
-async fn session(
-    vmm: &dyn Vmm,
-    running: &Running,
-    state: &watch::Sender<AgentState>,
-    commands: &mut mpsc::Receiver<Command>,
-    handshake_wait: Duration,
-    log: &Logger,
-) -> Ended {
+async fn session(link: &LinkCtx, commands: &mut mpsc::Receiver<Command>, handshake_wait: Duration) -> Ended {
+    let LinkCtx { vmm, running, state, log, .. } = link;
     let stream = match vmm.agent(running).await {
         Ok(s) => s,
         Err(e) => return Ended::NotReady(e.to_string()),
@@ -366,7 +394,47 @@ async fn session(
     info!(log, "guest agent ready"; "agent" => &ready.software, "protocol" => version,
           "ready_ms" => ready.timings.ready_us / 1000);
     state.send_replace(AgentState::Ready(ready));
-    serve(input, decoder, out, commands).await
+    // The guest's sshd gets its keys now, from files: a failure costs ssh, not the exec path.
+    let mut ssh = SshWait { pending: false, server: &link.ssh_server, log };
+    if let Some(keys) = &link.ssh {
+        match keys.read().await {
+            Ok(setup) => {
+                if let Err(why) = send(&mut out, &AgentRequest::Ssh(setup)).await {
+                    return Ended::Lost(why);
+                }
+                ssh.pending = true;
+            }
+            Err(why) => warn!(log, "no ssh for this VM"; "why" => why),
+        }
+    }
+    serve(input, decoder, out, commands, ssh).await
+}
+
+/// The answer to the `Ssh` request sent after `Ready`: requests are answered in order, so an
+/// error without an id while it is pending is its answer.
+struct SshWait<'a> {
+    pending: bool,
+    server: &'a watch::Sender<Option<String>>,
+    log: &'a Logger,
+}
+
+impl SshWait<'_> {
+    /// Takes the event if it answers the `Ssh` request.
+    fn take(&mut self, event: &AgentEvent) -> bool {
+        match event {
+            AgentEvent::Ssh { server } => {
+                info!(self.log, "guest ssh server up"; "server" => server);
+                self.server.send_replace(Some(server.clone()));
+            }
+            AgentEvent::Error { id: None, error } if self.pending => {
+                warn!(self.log, "the guest could not start an ssh server"; "why" => &error.message);
+                self.server.send_replace(None);
+            }
+            _ => return false,
+        }
+        self.pending = false;
+        true
+    }
 }
 
 /// Carries execs both ways until the connection ends.
@@ -375,6 +443,7 @@ async fn serve(
     mut decoder: Decoder,
     mut out: OwnedWriteHalf,
     commands: &mut mpsc::Receiver<Command>,
+    mut ssh: SshWait<'_>,
 ) -> Ended {
     let (events_tx, mut events) = mpsc::channel::<Result<AgentEvent, String>>(64);
     let reader = tokio::spawn(async move {
@@ -420,6 +489,7 @@ async fn serve(
                         let _ = done.send(());
                     }
                 }
+                Some(Ok(event)) if ssh.take(&event) => {}
                 Some(Ok(event)) => {
                     // An exec that broke flow control is killed, not buffered without bound.
                     if let Some(kill) = deliver(event, &mut execs, &mut power_off)
@@ -539,7 +609,6 @@ fn deliver(
                 let _ = done.send(Err(error));
             }
         }
-        // TODO(issue 11): record which ssh server the guest started.
         AgentEvent::Ready(_) | AgentEvent::Pong { .. } | AgentEvent::Ssh { .. } => {}
     }
     None

@@ -6,10 +6,12 @@
 pub mod agent;
 pub mod console;
 pub mod follow;
+pub mod ports;
 pub mod record;
 
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,10 +112,21 @@ pub struct VmActor {
     console: Option<follow::Watch>,
     /// While the VMM runs: the link to the guest agent.
     agent: Option<agent::Link>,
+    /// The user's public ssh key, for the guest's `authorized_keys`.
+    client_key: PathBuf,
+    /// While the VMM runs: the port forwards' listeners.
+    forwards: ports::Forwards,
 }
 
 impl VmActor {
-    pub fn new(record: Record, paths: Paths, vmm: Arc<dyn Vmm>, log: Logger, guard: VmGuard) -> Self {
+    pub fn new(
+        record: Record,
+        paths: Paths,
+        vmm: Arc<dyn Vmm>,
+        client_key: PathBuf,
+        log: Logger,
+        guard: VmGuard,
+    ) -> Self {
         VmActor {
             record,
             paths,
@@ -124,6 +137,8 @@ impl VmActor {
             waiters: vec![],
             console: None,
             agent: None,
+            client_key,
+            forwards: Default::default(),
         }
     }
 
@@ -161,7 +176,20 @@ impl VmActor {
     /// links up with the guest agent.
     fn watch(&mut self, running: &Running, ctx: &mut Context<Self>) {
         self.console = Some(follow::Watch::start(self.paths.console()));
-        self.agent = Some(agent::Link::start(self.vmm.clone(), running.clone(), self.log.clone()));
+        // VMs made before ssh keys have none.
+        let ssh = self.record.info.ssh.as_ref().map(|_| agent::SshKeys {
+            host_key: self.paths.dir.join(crate::ssh::HOST_KEY_FILE),
+            client_public: self.client_key.clone(),
+        });
+        let link = agent::Link::start(self.vmm.clone(), running.clone(), ssh, self.log.clone());
+        self.forwards = ports::Forwards::default();
+        for forward in &self.record.info.ports {
+            // The VM runs regardless; `vm port ls` and the log say which forward is down.
+            if let Err(e) = self.forwards.add(forward, &link.handle(), &self.log) {
+                warn!(self.log, "a port forward cannot listen"; "forward" => %forward, "error" => %e.message);
+            }
+        }
+        self.agent = Some(link);
         let pid = running.pid;
         let addr = ctx.address();
         let log = self.log.clone();
@@ -251,7 +279,8 @@ impl Handler<Start> for VmActor {
     type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
 
     fn handle(&mut self, msg: Start, _: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.check(VmAction::Start) {
+        if let Err(e) = self.check(VmAction::Start).and_then(|()| ports::check_free(&self.record.info.ports))
+        {
             return Box::pin(async move { Err(e) }.into_actor(self));
         }
         if let Some(ip) = &msg.boot.ip {
@@ -455,6 +484,7 @@ impl VmActor {
         // The watch sends the VMM's last output to its followers, then ends their streams.
         self.console = None;
         self.agent = None;
+        self.forwards = ports::Forwards::default();
         self.expected_exit = false;
         self.set(state);
         self.release(outcome);
@@ -497,6 +527,9 @@ impl Handler<Info> for VmActor {
     type Result = MessageResult<Info>;
     fn handle(&mut self, _: Info, _: &mut Context<Self>) -> Self::Result {
         let mut info = self.record.info.clone();
+        if let (Some(link), Some(ssh)) = (&self.agent, &mut info.ssh) {
+            ssh.server = link.ssh_server();
+        }
         info.agent = self.agent.as_ref().map(agent::Link::state);
         MessageResult(info)
     }

@@ -100,6 +100,16 @@ impl Handler<CreateVm> for VmManager {
                 return Err(VmError::Exists(req.name.clone()).into());
             }
             crate::image_cache::images::validate_name(&req.image)?;
+            for (i, forward) in req.ports.iter().enumerate() {
+                crate::vm::ports::check(forward)?;
+                if req.ports[..i].iter().any(|p| p.host_port == forward.host_port) {
+                    return Err(Error::new(
+                        protocol::ErrorKind::InvalidInput,
+                        format!("host port {} is forwarded twice", forward.host_port),
+                    )
+                    .with_hint("give each -p its own host port"));
+                }
+            }
             Ok(self.defaults.settle(req.cpus, req.memory_mib)?)
         })();
         let (cpus, memory_mib) = match checked {
@@ -113,6 +123,7 @@ impl Handler<CreateVm> for VmManager {
         let default_vmm = self.vmms.default;
         let peers = self.peers.clone();
         let agent = self.agent.clone();
+        let ssh = self.ssh.clone();
         let work = async move {
             let kernel = req.kernel.clone().unwrap_or_else(|| "default".into());
             let files = peers.kernels().ask(GetKernelFiles(kernel.clone())).await?;
@@ -151,8 +162,7 @@ impl Handler<CreateVm> for VmManager {
                 workspace: None,
                 ssh: None,
             };
-            let record = Record { info, running: None };
-            let (p, r) = (paths.clone(), record.clone());
+            let (p, mut r) = (paths.clone(), Record { info, running: None });
             blocking(move || {
                 let agent = crate::guest_agent::load(&agent)?;
                 // Never over a directory already there: it would be another VM's data.
@@ -163,14 +173,17 @@ impl Handler<CreateVm> for VmManager {
                 let made = crate::disk::clone_file(&base, &p.disk())
                     .and_then(|()| guest_files(&p, &agent, files.modules_cpio.as_deref()))
                     .map_err(Error::internal)
-                    .and_then(|()| r.save(&p));
+                    .and_then(|()| {
+                        ssh.client_public()?;
+                        r.info.ssh = Some(Box::new(crate::ssh::make_host_key(&p.dir, &r.info.name)?));
+                        r.save(&p)
+                    });
                 if made.is_err() {
                     let _ = std::fs::remove_dir_all(&p.dir);
                 }
-                made
+                made.map(|()| r)
             })
-            .await?;
-            Ok::<_, Error>(record)
+            .await
         };
         Box::pin(work.into_actor(self).map(move |made, act, ctx| {
             act.busy.remove(&name);
@@ -181,6 +194,7 @@ impl Handler<CreateVm> for VmManager {
             let info = record.info.clone();
             info!(act.log, "created"; "vm" => &info.name);
             act.spawn_actor(record, ctx);
+            ctx.notify(super::RefreshSsh);
             Ok(info)
         }))
     }

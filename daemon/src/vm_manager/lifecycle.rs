@@ -109,7 +109,7 @@ async fn boot_for(name: String, paths: Paths, actor: Addr<VmActor>, peers: Peers
 impl Handler<Lifecycle> for VmManager {
     type Result = ResponseFuture<Result<VmInfo, Error>>;
 
-    fn handle(&mut self, msg: Lifecycle, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Lifecycle, ctx: &mut Context<Self>) -> Self::Result {
         let name = match &msg {
             Lifecycle::Start(n)
             | Lifecycle::Stop(n, _)
@@ -124,8 +124,10 @@ impl Handler<Lifecycle> for VmManager {
         let boot =
             boot_for(name.clone(), Paths::new(&self.vms_dir, &name), actor.clone(), self.peers.clone());
         let gone = move |_: MailboxError| Error::from(VmError::ActorGone(name));
+        let me = ctx.address();
         Box::pin(async move {
-            match msg {
+            let starts = matches!(msg, Lifecycle::Start(_) | Lifecycle::Restart(..));
+            let answer = match msg {
                 Lifecycle::Inspect(_) => actor.send(Info).await.map_err(gone),
                 Lifecycle::Stop(_, timeout) => actor.send(Stop { timeout }).await.map_err(gone)?,
                 Lifecycle::Kill(_) => actor.send(Kill).await.map_err(gone)?,
@@ -134,7 +136,12 @@ impl Handler<Lifecycle> for VmManager {
                     actor.send(Stop { timeout }).await.map_err(gone.clone())??;
                     actor.send(Start { boot: boot.await? }).await.map_err(gone)?
                 }
+            };
+            // A start may lease a new address: the direct ssh entry follows it.
+            if starts {
+                me.do_send(super::RefreshSsh);
             }
+            answer
         })
     }
 }
@@ -146,6 +153,25 @@ impl Handler<Logs> for VmManager {
         Box::pin(async move {
             let gone = |_| Error::from(VmError::ActorGone(msg.name.clone()));
             actor?.send(vm::Logs { follow: msg.follow }).await.map_err(gone)
+        })
+    }
+}
+
+/// A change to a VM's port forwards, routed to its actor.
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct Ports {
+    pub name: String,
+    pub change: vm::ports::PortChange,
+}
+
+impl Handler<Ports> for VmManager {
+    type Result = ResponseFuture<Result<VmInfo, Error>>;
+    fn handle(&mut self, msg: Ports, _: &mut Context<Self>) -> Self::Result {
+        let actor = self.actor(&msg.name);
+        Box::pin(async move {
+            let gone = |_| Error::from(VmError::ActorGone(msg.name.clone()));
+            actor?.send(msg.change).await.map_err(gone)?
         })
     }
 }

@@ -9,6 +9,7 @@ mod adopt;
 mod create;
 mod lifecycle;
 mod remove;
+mod ssh;
 
 #[cfg(test)]
 mod tests;
@@ -23,8 +24,9 @@ use protocol::{Error, ErrorKind};
 use slog::{Logger, o};
 
 pub use self::create::{CreateVm, Defaults};
-pub use self::lifecycle::{AgentOf, Lifecycle, Logs};
+pub use self::lifecycle::{AgentOf, Lifecycle, Logs, Ports};
 pub use self::remove::{MayReplaceImage, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall};
+pub use self::ssh::RefreshSsh;
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::network::ReleaseIp;
 use crate::peers::Peers;
@@ -104,6 +106,9 @@ pub struct VmManager {
     defaults: Defaults,
     /// The guest agent written into every VM's disk and initrd at create.
     agent: PathBuf,
+    ssh: crate::ssh::SshFiles,
+    /// Held while the ssh files are rewritten, so rewrites land in the order they were asked.
+    ssh_writing: std::sync::Arc<tokio::sync::Mutex<()>>,
     log: Logger,
     guard: ChildGuard,
 }
@@ -119,6 +124,8 @@ impl VmManager {
             peers: cx.peers,
             defaults: Defaults::for_host().with(cx.config.vm_defaults),
             agent: cx.config.agent.clone(),
+            ssh: crate::ssh::SshFiles::new(&cx.config.layout.state_dir, &cx.config.socket),
+            ssh_writing: Default::default(),
             log: cx.log,
             guard: cx.guard,
         }
@@ -135,7 +142,8 @@ impl VmManager {
         };
         let log = self.log.new(o!("vm" => name.clone()));
         let vmm = self.vmms.get(record.info.spec.vmm);
-        let actor = VmActor::new(record, paths, vmm, log, guard).start();
+        let client_key = self.ssh.client_key().with_extension("pub");
+        let actor = VmActor::new(record, paths, vmm, client_key, log, guard).start();
         self.vms.insert(name, actor);
     }
 
@@ -195,6 +203,7 @@ impl Actor for VmManager {
                         slog::warn!(act.log, "could not give the network the VMs' addresses"; "error" => why);
                     }
                     act.guard.started();
+                    ctx.notify(RefreshSsh);
                 }
                 // Stopped, so the supervisor restarts it with backoff and `status` says why.
                 Err(e) => {

@@ -78,9 +78,10 @@ impl Handler<RemoveVm> for VmManager {
             release.await;
             Ok(())
         };
-        Box::pin(work.into_actor(self).map(move |done, act, _| {
+        Box::pin(work.into_actor(self).map(move |done, act, ctx| {
             act.busy.remove(&name);
             if done.is_ok() {
+                ctx.notify(super::RefreshSsh);
                 act.vms.remove(&name);
                 act.damaged.remove(&name);
                 info!(act.log, "removed"; "vm" => &name);
