@@ -200,9 +200,10 @@ fn exec_gives_exit_codes_and_the_three_streams() {
 
     // A background child holding stdout does not hold the session.
     let started = Instant::now();
-    let out = s.client.ssh(&[], &["sleep 30 & echo bg"]).output().unwrap();
+    // (Not "sleep 3…": agent_protocol looks for those.)
+    let out = s.client.ssh(&[], &["sleep 6 & echo bg"]).output().unwrap();
     assert_eq!(text(&out.stdout), "bg\n");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
     // Only locale and terminal variables are taken from the client.
     let out = s
@@ -253,6 +254,66 @@ fn a_pty_session_has_a_terminal_of_its_own() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("login=-"), "a login shell: {}", text(&out.stdout));
+}
+
+/// Waits until what `buf` collected contains `needle`.
+fn wait_for(buf: &std::sync::Mutex<Vec<u8>>, needle: &str) {
+    let deadline = Instant::now() + T;
+    while !text(&buf.lock().unwrap()).contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in {:?}", text(&buf.lock().unwrap()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_resized_client_terminal_resizes_the_session_s() {
+    use std::os::fd::AsRawFd;
+    if !have_openssh() || !capable("root", is_root(), "the server serves the user it runs as: root") {
+        return;
+    }
+    let s = Server::start();
+    // ssh on a terminal of its own, as a user's would be.
+    let size = nix::pty::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let slave = pty.slave;
+    let mut cmd = s.client.ssh(&["-t"], &["stty size; read line; stty size; read line"]);
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and an ioctl on the child's own stdin, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let master = std::fs::File::from(pty.master);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (mut reader, sink) = (master.try_clone().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    wait_for(&seen, "24 80");
+    // The terminal changes size: ssh gets SIGWINCH and sends window-change.
+    let bigger = libc::winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize we own, on a terminal we own.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &bigger) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    (&master).write_all(b"\r").unwrap();
+    wait_for(&seen, "33 101");
+    (&master).write_all(b"\r").unwrap();
+    let deadline = Instant::now() + T;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ssh did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
