@@ -185,18 +185,30 @@ impl Handler<CreateVm> for VmManager {
             })
             .await
         };
-        Box::pin(work.into_actor(self).map(move |made, act, ctx| {
-            act.busy.remove(&name);
-            if made.is_err() {
-                ctx.wait(act.release_ip(name.clone()).into_actor(act));
-            }
-            let record = made?;
-            let info = record.info.clone();
-            info!(act.log, "created"; "vm" => &info.name);
-            act.spawn_actor(record, ctx);
-            ctx.notify(super::RefreshSsh);
-            Ok(info)
-        }))
+        Box::pin(
+            work.into_actor(self)
+                .map(move |made, act, ctx| {
+                    act.busy.remove(&name);
+                    if made.is_err() {
+                        ctx.wait(act.release_ip(name.clone()).into_actor(act));
+                    }
+                    let record = made?;
+                    let info = record.info.clone();
+                    info!(act.log, "created"; "vm" => &info.name);
+                    act.spawn_actor(record, ctx);
+                    Ok(info)
+                })
+                .then(|made, act, _| {
+                    let refresh = made.is_ok().then(|| act.refresh_ssh());
+                    async move {
+                        if let Some(refresh) = refresh {
+                            refresh.await;
+                        }
+                        made
+                    }
+                    .into_actor(act)
+                }),
+        )
     }
 }
 

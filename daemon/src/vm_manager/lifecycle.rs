@@ -139,7 +139,7 @@ impl Handler<Lifecycle> for VmManager {
             };
             // A start may lease a new address: the direct ssh entry follows it.
             if starts {
-                me.do_send(super::RefreshSsh);
+                let _ = me.send(super::RefreshSsh).await;
             }
             answer
         })

@@ -162,7 +162,7 @@ impl VmManager {
 
     /// Every VM's info, sorted by name. A VM whose actor does not answer fails the whole
     /// answer: a listing with a VM missing would pass for a true one.
-    fn all(&self) -> impl Future<Output = Result<Vec<VmInfo>, Error>> + 'static {
+    fn all(&self) -> impl Future<Output = Result<Vec<VmInfo>, Error>> + use<> {
         let asks: Vec<_> = self.vms.iter().map(|(name, a)| (name.clone(), a.send(Info))).collect();
         async move {
             let answers =

@@ -78,16 +78,28 @@ impl Handler<RemoveVm> for VmManager {
             release.await;
             Ok(())
         };
-        Box::pin(work.into_actor(self).map(move |done, act, ctx| {
-            act.busy.remove(&name);
-            if done.is_ok() {
-                ctx.notify(super::RefreshSsh);
-                act.vms.remove(&name);
-                act.damaged.remove(&name);
-                info!(act.log, "removed"; "vm" => &name);
-            }
-            done
-        }))
+        Box::pin(
+            work.into_actor(self)
+                .map(move |done, act, _| {
+                    act.busy.remove(&name);
+                    if done.is_ok() {
+                        act.vms.remove(&name);
+                        act.damaged.remove(&name);
+                        info!(act.log, "removed"; "vm" => &name);
+                    }
+                    done
+                })
+                .then(|done, act, _| {
+                    let refresh = done.is_ok().then(|| act.refresh_ssh());
+                    async move {
+                        if let Some(refresh) = refresh {
+                            refresh.await;
+                        }
+                        done
+                    }
+                    .into_actor(act)
+                }),
+        )
     }
 }
 

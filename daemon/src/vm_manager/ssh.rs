@@ -15,9 +15,17 @@ impl Handler<RefreshSsh> for VmManager {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: RefreshSsh, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.refresh_ssh())
+    }
+}
+
+impl VmManager {
+    /// Rewrites the files for the VMs as they are now; resolves once they are written, so a
+    /// create or rm answers with its entry already there or gone.
+    pub(super) fn refresh_ssh(&self) -> impl Future<Output = ()> + use<> {
         let (all, files, writing, log) =
             (self.all(), self.ssh.clone(), self.ssh_writing.clone(), self.log.clone());
-        Box::pin(async move {
+        async move {
             let _turn = writing.lock().await;
             let written = match all.await {
                 Ok(vms) => blocking(move || files.write(&vms)).await,
@@ -26,6 +34,6 @@ impl Handler<RefreshSsh> for VmManager {
             if let Err(e) = written {
                 warn!(log, "cannot update the ssh files"; "error" => %e.message);
             }
-        })
+        }
     }
 }
