@@ -198,16 +198,7 @@ impl Handler<CreateVm> for VmManager {
                     act.spawn_actor(record, ctx);
                     Ok(info)
                 })
-                .then(|made, act, _| {
-                    let refresh = made.is_ok().then(|| act.refresh_ssh());
-                    async move {
-                        if let Some(refresh) = refresh {
-                            refresh.await;
-                        }
-                        made
-                    }
-                    .into_actor(act)
-                }),
+                .then(|made, act, _| act.refreshed(made).into_actor(act)),
         )
     }
 }

@@ -89,16 +89,7 @@ impl Handler<RemoveVm> for VmManager {
                     }
                     done
                 })
-                .then(|done, act, _| {
-                    let refresh = done.is_ok().then(|| act.refresh_ssh());
-                    async move {
-                        if let Some(refresh) = refresh {
-                            refresh.await;
-                        }
-                        done
-                    }
-                    .into_actor(act)
-                }),
+                .then(|done, act, _| act.refreshed(done).into_actor(act)),
         )
     }
 }

@@ -2,6 +2,7 @@
 //! after every change to which VMs exist or where they are reached.
 
 use actix::prelude::*;
+use protocol::Error;
 use slog::warn;
 
 use super::VmManager;
@@ -34,6 +35,20 @@ impl VmManager {
             if let Err(e) = written {
                 warn!(log, "cannot update the ssh files"; "error" => %e.message);
             }
+        }
+    }
+
+    /// `answer`, once a success has rewritten the files.
+    pub(super) fn refreshed<T>(
+        &self,
+        answer: Result<T, Error>,
+    ) -> impl Future<Output = Result<T, Error>> + use<T> {
+        let refresh = answer.is_ok().then(|| self.refresh_ssh());
+        async move {
+            if let Some(refresh) = refresh {
+                refresh.await;
+            }
+            answer
         }
     }
 }
