@@ -31,7 +31,8 @@ use crate::supervisor::{Chaos, GetStatus, Shutdown};
 use crate::vm::agent::Op;
 use crate::vm::follow::Chunk;
 use crate::vm_manager::{
-    AgentOf, CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall,
+    AgentOf, CreateVm, Lifecycle, ListVms, Logs, PruneVms, RemoveImage, RemoveKernel, RemoveVm, SetWorkspace,
+    Uninstall,
 };
 use seats::{MAX_CONNECTIONS, Seat};
 
@@ -313,8 +314,11 @@ async fn route(
         Request::VmWait { name, timeout_ms } => one(wait(p, name, ms(timeout_ms)).await, Response::Vm),
         Request::VmPing { name } => one(ping(p, name).await, |()| Response::Pong),
         Request::VmConnect { name, port } => Reply::Exec(name, Op::Connect(port)),
-        // TODO(issue 11): ports and workspace records.
-        Request::VmPortAdd { .. } | Request::VmPortRemove { .. } | Request::VmWorkspaceSet { .. } => {
+        Request::VmWorkspaceSet { name, workspace } => {
+            one(p.vms().ask(SetWorkspace { name, workspace }).await, Response::Vm)
+        }
+        // TODO(issue 11): port forwards.
+        Request::VmPortAdd { .. } | Request::VmPortRemove { .. } => {
             reply(Response::Error(Error::new(ErrorKind::InvalidInput, "not yet")))
         }
     };

@@ -23,7 +23,7 @@ use protocol::{Error, ErrorKind};
 use slog::{Logger, o};
 
 pub use self::create::{CreateVm, Defaults};
-pub use self::lifecycle::{AgentOf, Lifecycle, Logs};
+pub use self::lifecycle::{AgentOf, Lifecycle, Logs, SetWorkspace};
 pub use self::remove::{MayReplaceImage, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall};
 use crate::child::{ChildCtx, ChildGuard, Describe};
 use crate::network::ReleaseIp;
