@@ -9,3 +9,4 @@ pub mod kernel;
 pub mod run;
 pub mod version;
 pub mod vm;
+pub mod workspace;

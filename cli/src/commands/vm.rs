@@ -95,8 +95,8 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
             let v = vm(&mut c, &socket, Request::VmInspect { name }).await?;
             out.json(&v);
         }
-        VmCommand::Run(_) | VmCommand::Exec(_) | VmCommand::Cp { .. } => {
-            return Err(Error::internal("vm run, exec and cp are dispatched in main"));
+        VmCommand::Run(_) | VmCommand::Exec(_) | VmCommand::Cp { .. } | VmCommand::Workspace(_) => {
+            return Err(Error::internal("vm run, exec, cp and workspace are dispatched in main"));
         }
         VmCommand::Logs { name, follow } => {
             c.send(&Request::VmLogs { name, follow }).await.map_err(|e| client::advise(&socket, e))?;
