@@ -359,12 +359,18 @@ async fn sync(socket: &Path, name: &str, preview: bool, out: &Output) -> Result<
         return show_changes(out, &changes, git_items.len());
     }
     require_running(&info)?;
-    if changes.is_empty() && commit == ws.commit && git_items.is_empty() {
+    // Nothing in the work tree and the same HEAD: .git may still have news (other refs, the
+    // snapshot's own objects), sent quietly.
+    let up_to_date = changes.is_empty() && commit == ws.commit;
+    let say_up_to_date = || {
         if out.json {
             out.json(&json!({ "up_to_date": true }));
         } else {
             println!("{}:{} is up to date", escape(name), escape(&ws.guest_dir));
         }
+    };
+    if up_to_date && git_items.is_empty() {
+        say_up_to_date();
         return Ok(());
     }
     // Deleted first: a path that was a file may be a directory now.
@@ -376,7 +382,7 @@ async fn sync(socket: &Path, name: &str, preview: bool, out: &Output) -> Result<
     let total = plan.tar_bytes();
     let items: Vec<Item> = plan.git.into_iter().chain(plan.files).collect();
     send(socket, name, &ws.guest_dir, items, total, out.json).await?;
-    let workspace = Workspace { commit, tree, copied_at, ..ws };
+    let workspace = Workspace { commit, tree, copied_at, ..ws.clone() };
     record(socket, name, workspace.clone()).await?;
     let copied = Copied {
         workspace,
@@ -386,7 +392,9 @@ async fn sync(socket: &Path, name: &str, preview: bool, out: &Output) -> Result<
         deleted: changes.deleted.len(),
         took: started.elapsed(),
     };
-    if out.json {
+    if up_to_date {
+        say_up_to_date();
+    } else if out.json {
         report_copy(out, name, &copied);
     } else {
         println!(
