@@ -336,6 +336,9 @@ pub enum VmCommand {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Copy a git checkout into a VM, keep it in step, and bring commits made there back.
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
     /// Open a shell (or run CMD) in a VM with the system's ssh, host key already trusted.
     #[command(after_help = SSH_EXAMPLES)]
     Ssh {
@@ -388,6 +391,42 @@ pub enum SshConfigCommand {
     Uninstall,
     /// Print the path of the file banger keeps current (one `Host NAME.banger` per VM).
     Path,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Copy a git checkout (tracked files, untracked ones git does not ignore, and .git) into
+    /// a running VM, and record what was copied.
+    #[command(after_help = crate::exec_args::WORKSPACE_HELP)]
+    Copy {
+        /// A running VM.
+        name: String,
+        /// A directory in the checkout (default: the current one's repository).
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Where the checkout goes in the guest.
+        #[arg(long, value_name = "PATH", default_value = crate::exec_args::WORKSPACE_DIR)]
+        to: String,
+        /// Only list what would go, and how many ignored files are left out per directory.
+        #[arg(long)]
+        preview: bool,
+    },
+    /// Send what changed on the host since the copy (or the last sync): changed and new
+    /// files, deletions, and .git (new commits, refs, the index).
+    Sync {
+        name: String,
+        /// Only list what would change.
+        #[arg(long)]
+        preview: bool,
+    },
+    /// Bring commits made in the guest back as a branch of the host's repository (the work
+    /// tree, the index and HEAD are left alone).
+    Pull {
+        name: String,
+        /// The branch to make or move forward (default: banger/NAME).
+        #[arg(long, value_name = "BRANCH")]
+        branch: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

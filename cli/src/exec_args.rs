@@ -41,6 +41,21 @@ Examples:
   banger vm cp web:/var/log/nginx ./logs
   banger vm cp web:/etc - | tar t";
 
+/// Where a workspace goes in the guest unless told otherwise.
+pub const WORKSPACE_DIR: &str = "/workspace";
+
+pub const WORKSPACE_HELP: &str = "\
+The files are those `git ls-files --cached --others --exclude-standard` lists (tracked files
+deleted from the work tree are skipped), with their modes, mtimes and symlinks, owned by root
+in the guest; .git goes too, so git works there. Submodules go as they are checked out (their
+files and their .git). `vm exec` and `vm ssh` say when the host's checkout changed since;
+`vm workspace sync` sends the difference and `vm workspace pull` brings guest commits back.
+
+Examples:
+  banger vm workspace copy web --preview
+  banger vm workspace copy web ~/src/app --to /srv/app
+  banger vm run --workspace -d --name dev debian && banger vm exec dev -- git status";
+
 /// How a command runs in the guest: shared by `vm exec` and `vm run`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ExecOpts {
@@ -108,6 +123,10 @@ pub struct RunArgs {
     /// defaults to localhost: 127.0.0.1 and ::1); repeatable. Works without --net.
     #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST", value_parser = crate::commands::port::parse)]
     pub ports: Vec<protocol::vm::PortForward>,
+    /// Copy the git checkout DIR is in (default: the current directory's) to /workspace once
+    /// the VM is up; the command then runs there unless -w says otherwise.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = ".")]
+    pub workspace: Option<PathBuf>,
     /// Print to stderr where the time went (pull, disk, VMM, kernel, /init, agent, exec).
     #[arg(long)]
     pub timings: bool,

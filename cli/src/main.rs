@@ -14,6 +14,7 @@ mod progress;
 mod session;
 mod systemd;
 mod tty;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,9 @@ fn main() -> ExitCode {
             Command::SshConfig(cmd) => done(commands::ssh::config(&cli.global, cmd, &out)),
             Command::Vm(args::VmCommand::Cp { src, dst }) => {
                 commands::cp::run(&cli.global, &src, &dst, &out).await
+            }
+            Command::Vm(args::VmCommand::Workspace(cmd)) => {
+                done(commands::workspace::run(&cli.global, cmd, &out).await)
             }
             Command::Version => done(commands::version::run(&cli.global, &out).await),
             Command::Daemon(cmd) => done(commands::daemon::run(&cli.global, cmd, &out).await),

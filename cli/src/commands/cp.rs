@@ -90,7 +90,24 @@ impl Write for ChunkSender {
     }
 }
 
-async fn copy_in(mut session: Session, from: Location, bar: ProgressBar) -> Result<(Ending, u64), Error> {
+async fn copy_in(session: Session, from: Location, bar: ProgressBar) -> Result<(Ending, u64), Error> {
+    send_tar(session, bar, move |sink| match &from {
+        Location::Local(path) => {
+            archive::pack(path, sink).map(drop).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        _ => std::io::copy(&mut std::io::stdin().lock(), sink)
+            .map(drop)
+            .map_err(|e| format!("cannot read stdin: {e}")),
+    })
+    .await
+}
+
+/// Streams what `pack` writes (a tar stream, from a thread of its own) as the stdin of a
+/// `VmCopyIn` session, until the guest's verdict. `pack`'s error ends the copy unfinished.
+pub async fn send_tar<F>(mut session: Session, bar: ProgressBar, pack: F) -> Result<(Ending, u64), Error>
+where
+    F: FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static,
+{
     let input = session.input();
     let (done, packed) = oneshot::channel();
     let counter = bar.clone();
@@ -101,15 +118,7 @@ async fn copy_in(mut session: Session, from: Location, bar: ProgressBar) -> Resu
                 STDIN_CHUNK,
                 ChunkSender { input: input.clone(), bar: counter },
             );
-            let result = match &from {
-                Location::Local(path) => archive::pack(path, &mut sink).map(drop),
-                _ => std::io::copy(&mut std::io::stdin().lock(), &mut sink).map(drop),
-            }
-            .and_then(|()| sink.flush());
-            let result = result.map_err(|e| match &from {
-                Location::Local(path) => format!("cannot read {}: {e}", path.display()),
-                _ => format!("cannot read stdin: {e}"),
-            });
+            let result = pack(&mut sink).and_then(|()| sink.flush().map_err(|e| e.to_string()));
             // End the stream only after a whole archive: a partial one must not be unpacked.
             if result.is_ok() {
                 let _ = input.blocking_send(ExecInput::CloseStdin);

@@ -24,9 +24,14 @@ const EXIT_BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
 pub async fn run(global: &Global, args: ExecArgs) -> Result<i32, Error> {
     check_tty(&args.opts)?;
     let spec = spec(args.command, &[], &args.opts, None, None);
+    let name = args.name.clone();
     let request = Request::VmExec { name: args.name, spec };
     let signals = Signals::watch()?;
-    let session = Session::open(&global.socket(), &request).await?;
+    let socket = global.socket();
+    let session = Session::open(&socket, &request).await?;
+    // Once the exec is asked for (its output waits in the daemon meanwhile), so the note comes
+    // before any of it.
+    crate::commands::workspace::check_before_exec(socket, name).await;
     Ok(stream(session, signals, &args.opts).await?.report())
 }
 

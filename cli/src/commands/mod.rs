@@ -11,3 +11,4 @@ pub mod run;
 pub mod ssh;
 pub mod version;
 pub mod vm;
+pub mod workspace;

@@ -76,6 +76,10 @@ async fn boot_and_run(
         ready = boot(c, socket, &name, timings) => ready?,
         signal = interrupted() => return Ok(128 + signal),
     };
+    let workdir = match &args.workspace {
+        Some(dir) => Some(crate::commands::workspace::copy_for_run(socket, &name, dir, out.json).await?),
+        None => None,
+    };
     if args.detach {
         if out.json {
             out.json(&ready);
@@ -96,7 +100,8 @@ async fn boot_and_run(
         )
         .with_hint(format!("name one: banger vm run {} -- sh", escape(&args.image))));
     }
-    let spec = exec::spec(argv, &image.env, &args.opts, Some(&image.workdir), Some(&image.user));
+    let workdir = workdir.as_deref().unwrap_or(&image.workdir);
+    let spec = exec::spec(argv, &image.env, &args.opts, Some(workdir), Some(&image.user));
     let started = Instant::now();
     let signals = exec::Signals::watch()?;
     let session = Session::open(socket, &Request::VmExec { name, spec }).await?;

@@ -44,6 +44,8 @@ pub async fn ssh(global: &Global, name: &str, direct: bool, command: Vec<String>
         return Err(Error::new(ErrorKind::InvalidInput, format!("VM {name} has no network address"))
             .with_hint(format!("drop --direct: `banger vm ssh {name}` goes through the daemon")));
     }
+    // A blocking git call is fine here: ssh replaces this process next.
+    super::workspace::warn_if_changed(&v);
     let host = if direct { format!("{name}.direct.banger") } else { format!("{name}.banger") };
     let mut ssh = std::process::Command::new("ssh");
     ssh.arg("-F").arg(config_file(global)).arg(&host);

@@ -100,8 +100,11 @@ pub async fn run(global: &Global, cmd: VmCommand, out: &Output) -> Result<(), Er
         | VmCommand::Cp { .. }
         | VmCommand::Ssh { .. }
         | VmCommand::Proxy { .. }
-        | VmCommand::Port(_) => {
-            return Err(Error::internal("vm run, exec, cp, ssh, proxy and port are dispatched in main"));
+        | VmCommand::Port(_)
+        | VmCommand::Workspace(_) => {
+            return Err(Error::internal(
+                "vm run, exec, cp, ssh, proxy, port and workspace are dispatched in main",
+            ));
         }
         VmCommand::Logs { name, follow } => {
             c.send(&Request::VmLogs { name, follow }).await.map_err(|e| client::advise(&socket, e))?;

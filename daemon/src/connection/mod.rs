@@ -33,7 +33,7 @@ use crate::vm::follow::Chunk;
 use crate::vm::ports::PortChange;
 use crate::vm_manager::{
     AgentOf, CreateVm, Lifecycle, ListVms, Logs, Ports, PruneVms, RemoveImage, RemoveKernel, RemoveVm,
-    Uninstall,
+    SetWorkspace, Uninstall,
 };
 use seats::{MAX_CONNECTIONS, Seat};
 
@@ -321,9 +321,8 @@ async fn route(
         Request::VmPortRemove { name, host_port } => {
             one(p.vms().ask(Ports { name, change: PortChange::Remove(host_port) }).await, Response::Vm)
         }
-        // TODO(issue 11): workspace records.
-        Request::VmWorkspaceSet { .. } => {
-            reply(Response::Error(Error::new(ErrorKind::InvalidInput, "not yet")))
+        Request::VmWorkspaceSet { name, workspace } => {
+            one(p.vms().ask(SetWorkspace { name, workspace }).await, Response::Vm)
         }
     };
     match reply {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use protocol::vm::{AgentState, VmAction, VmInfo, VmState};
+use protocol::vm::{AgentState, VmAction, VmInfo, VmState, Workspace};
 use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::io::Interest;
@@ -59,6 +59,11 @@ pub struct Agent;
 pub struct Logs {
     pub follow: bool,
 }
+
+/// Records (or forgets) what `banger vm workspace copy` put in the guest.
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct SetWorkspace(pub Option<Workspace>);
 
 /// Stop the actor for good; the VM must not be running. The manager deletes its files.
 #[derive(Message)]
@@ -151,6 +156,11 @@ impl VmActor {
     fn set(&mut self, state: VmState) {
         info!(self.log, "state"; "state" => %state);
         self.record.info.state = state;
+        self.persist();
+    }
+
+    /// Queues the record as it now is for the disk (written in order, off this thread).
+    fn persist(&mut self) {
         match self.record.to_json() {
             Ok(json) => self.guard.record.save(json),
             Err(e) => warn!(self.log, "cannot persist the VM state"; "error" => %e.message),
@@ -532,6 +542,32 @@ impl Handler<Info> for VmActor {
         }
         info.agent = self.agent.as_ref().map(agent::Link::state);
         MessageResult(info)
+    }
+}
+
+impl Handler<SetWorkspace> for VmActor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
+    fn handle(&mut self, SetWorkspace(workspace): SetWorkspace, _: &mut Context<Self>) -> Self::Result {
+        if let VmState::Damaged(_) = self.record.info.state {
+            let name = &self.record.info.name;
+            let e =
+                Error::new(ErrorKind::Conflict, format!("VM {name} is damaged; its record cannot change"))
+                    .with_hint(format!("remove it: banger vm rm {name}"));
+            return Box::pin(async move { Err(e) }.into_actor(self));
+        }
+        self.record.info.workspace = workspace.map(Box::new);
+        self.persist();
+        let mut info = self.record.info.clone();
+        info.agent = self.agent.as_ref().map(agent::Link::state);
+        // Answered once the record is on disk, so a daemon restart keeps what was told.
+        let saved = self.saved();
+        Box::pin(
+            async move {
+                saved.await;
+                Ok(info)
+            }
+            .into_actor(self),
+        )
     }
 }
 

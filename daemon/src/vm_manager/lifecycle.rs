@@ -1,11 +1,12 @@
-//! Start, stop, kill, restart, inspect and logs of one VM: routed to its actor; a start first
-//! gathers what the VMM needs (network lease, bridge, kernel path).
+//! Start, stop, kill, restart, inspect, logs and the workspace record of one VM: routed to its
+//! actor; a start first gathers what the VMM needs (network lease, bridge, kernel path).
 
 use std::time::Duration;
 
 use actix::prelude::*;
 use protocol::Error;
-use protocol::vm::{VmAction, VmInfo, VmmKind};
+use protocol::ErrorKind;
+use protocol::vm::{VmAction, VmInfo, VmmKind, Workspace};
 use tokio::sync::mpsc;
 
 use super::{VmError, VmManager};
@@ -34,6 +35,48 @@ pub enum Lifecycle {
 pub struct Logs {
     pub name: String,
     pub follow: bool,
+}
+
+/// Records what `banger vm workspace copy` put in the VM (`None` forgets it).
+#[derive(Message)]
+#[rtype(result = "Result<VmInfo, Error>")]
+pub struct SetWorkspace {
+    pub name: String,
+    pub workspace: Option<Workspace>,
+}
+
+/// What a client may record: absolute directories and a tree id, so `inspect` never shows
+/// something no `banger` wrote.
+fn check_workspace(w: &Workspace) -> Result<(), Error> {
+    let hex = |s: &str| (4..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let bad = |what: String| {
+        Err(Error::new(ErrorKind::InvalidInput, what)
+            .with_hint("record a workspace with `banger vm workspace copy NAME`"))
+    };
+    if !w.host_dir.starts_with('/') || !w.guest_dir.starts_with('/') {
+        return bad(format!(
+            "a workspace's directories must be absolute (host {:?}, guest {:?})",
+            w.host_dir, w.guest_dir
+        ));
+    }
+    if !hex(&w.tree) || w.commit.as_deref().is_some_and(|c| !hex(c)) {
+        return bad(format!("{:?} is not a git object id", w.tree));
+    }
+    Ok(())
+}
+
+impl Handler<SetWorkspace> for VmManager {
+    type Result = ResponseFuture<Result<VmInfo, Error>>;
+    fn handle(&mut self, msg: SetWorkspace, _: &mut Context<Self>) -> Self::Result {
+        let actor = self.actor(&msg.name);
+        Box::pin(async move {
+            if let Some(w) = &msg.workspace {
+                check_workspace(w)?;
+            }
+            let gone = |_| Error::from(VmError::ActorGone(msg.name.clone()));
+            actor?.send(vm::SetWorkspace(msg.workspace)).await.map_err(gone)?
+        })
+    }
 }
 
 /// The way to a running VM's guest agent.

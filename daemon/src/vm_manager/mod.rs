@@ -24,7 +24,7 @@ use protocol::{Error, ErrorKind};
 use slog::{Logger, o};
 
 pub use self::create::{CreateVm, Defaults};
-pub use self::lifecycle::{AgentOf, Lifecycle, Logs, Ports};
+pub use self::lifecycle::{AgentOf, Lifecycle, Logs, Ports, SetWorkspace};
 pub use self::remove::{MayReplaceImage, PruneVms, RemoveImage, RemoveKernel, RemoveVm, Uninstall};
 pub use self::ssh::RefreshSsh;
 use crate::child::{ChildCtx, ChildGuard, Describe};

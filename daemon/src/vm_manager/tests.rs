@@ -316,3 +316,30 @@ async fn a_manager_that_is_gone_is_an_error_never_an_empty_answer() {
     );
     assert!(s.dir.path().join("images/base").exists());
 }
+
+#[actix_rt::test]
+async fn a_workspace_record_is_kept_across_a_restart_and_can_be_forgotten() {
+    let s = setup(None).await;
+    ask(&s, create("ws")).await.unwrap();
+    let workspace = protocol::vm::Workspace {
+        host_dir: "/home/u/repo".into(),
+        guest_dir: "/workspace".into(),
+        commit: Some("a".repeat(40)),
+        tree: "b".repeat(40),
+        copied_at: 1_700_000_000,
+    };
+    let set = SetWorkspace { name: "ws".into(), workspace: Some(workspace.clone()) };
+    assert_eq!(ask(&s, set).await.unwrap().workspace.as_deref(), Some(&workspace));
+    let bad = protocol::vm::Workspace { guest_dir: "relative".into(), ..workspace.clone() };
+    let e = ask(&s, SetWorkspace { name: "ws".into(), workspace: Some(bad) }).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e:?}");
+    let e = ask(&s, SetWorkspace { name: "nope".into(), workspace: None }).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    // Answered once on disk: a daemon started again reads it back.
+    let dir = s.dir;
+    let s = setup(Some(dir)).await;
+    let info = ask(&s, Lifecycle::Inspect("ws".into())).await.unwrap();
+    assert_eq!(info.workspace.as_deref(), Some(&workspace));
+    let info = ask(&s, SetWorkspace { name: "ws".into(), workspace: None }).await.unwrap();
+    assert_eq!(info.workspace, None);
+}
