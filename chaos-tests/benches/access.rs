@@ -113,7 +113,8 @@ fn latency(forward: SocketAddr, direct: SocketAddr) {
 /// 256 MiB into a guest `nc -l` that throws it away; timed until the guest side closes.
 fn throughput(g: &GuestHost, forward: SocketAddr, direct: SocketAddr) {
     let send = |addr: SocketAddr| {
-        g.ok(&["vm", "exec", "acc", "--", "sh", "-c", "nc -l -p 9000 > /dev/null 2>&1 &"]);
+        // nc ends at end-of-file on its stdin: a sleep holds it open.
+        g.ok(&["vm", "exec", "acc", "--", "sh", "-c", "sleep 600 | nc -l -p 9000 > /dev/null 2>&1 &"]);
         // The background nc needs a moment to listen (a forward to nothing resets at once).
         std::thread::sleep(Duration::from_millis(500));
         let mut conn = TcpStream::connect(addr).unwrap();

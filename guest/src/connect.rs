@@ -77,6 +77,9 @@ fn attempt(addr: SocketAddr) -> Attempt {
         Err(Errno::EAFNOSUPPORT) => return Attempt::Refused,
         Err(e) => return Attempt::Failed(e),
     };
+    // The bytes are relayed as they come: Nagle would hold a small write back for the peer's
+    // delayed ack (40 ms each time in an ssh handshake's back and forth).
+    let _ = nix::sys::socket::setsockopt(&fd, sockopt::TcpNoDelay, &true);
     let started = match addr {
         SocketAddr::V4(a) => nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(a)),
         SocketAddr::V6(a) => nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn6::from(a)),

@@ -97,6 +97,8 @@ async fn accept(listener: TcpListener, guest_port: u16, agent: AgentHandle, log:
     loop {
         match listener.accept().await {
             Ok((tcp, from)) => {
+                // Relayed as it comes, as the guest side is: no Nagle delay on either end.
+                let _ = tcp.set_nodelay(true);
                 let (agent, log) = (agent.clone(), log.clone());
                 tokio::spawn(async move {
                     if let Err(why) = carry(tcp, guest_port, agent).await {
