@@ -15,31 +15,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chaos_tests::bench::{guest_host, ms, percentile};
 use chaos_tests::guests::GuestHost;
 
 const SSH_RUNS: usize = 20;
 const GETS: usize = 50;
 const STREAM_MIB: usize = 256;
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("access benches: run with `cargo bench -p chaos-tests` to measure");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let Some(g) = rt.block_on(GuestHost::start()) else {
-        eprintln!("access benches skipped (see above)");
-        return;
-    };
+    let Some((_rt, g)) = guest_host("access") else { return };
     let fwd_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (http, sink) = (format!("127.0.0.1:{fwd_port}:8000"), format!("127.0.0.1:{}:9000", fwd_port + 1));
     g.ok(&[

@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chaos_tests::bench::{guest_host, ms, percentile, verdict};
 use chaos_tests::guests::{GuestHost, QEMU};
 use chaos_tests::protocol::daemon::{Request, Response};
 use chaos_tests::protocol::exec::{ExecEvent, ExecSpec};
@@ -26,19 +27,6 @@ const COLD_RUNS: usize = 5;
 const EXECS: usize = 100;
 const COPY_MIB: usize = 256;
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
-
 /// A `--timings` line's milliseconds: `  name   123.4 ms`.
 fn phase(timings: &str, name: &str) -> Option<f64> {
     let line = timings.lines().find(|l| l.trim_start().starts_with(name))?;
@@ -46,15 +34,7 @@ fn phase(timings: &str, name: &str) -> Option<f64> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("guest benches: run with `cargo bench -p chaos-tests` to measure");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let Some(g) = rt.block_on(GuestHost::start()) else {
-        eprintln!("guest benches skipped (see above)");
-        return;
-    };
+    let Some((rt, g)) = guest_host("guest") else { return };
     let vm = ["--vmm", "qemu", "--cpus", "1", "--memory", "256", "--no-net"];
     cold_runs(&g, &vm);
     let mut args = vec!["vm", "run", "-d", "--name", "bench", "--memory", "512"];

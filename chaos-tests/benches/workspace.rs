@@ -14,14 +14,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_tests::guests::GuestHost;
+use chaos_tests::bench::{guest_host, verdict};
 
 const FILES: usize = 10_000;
 const TOTAL_MIB: usize = 200;
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
@@ -56,15 +52,7 @@ fn checkout(top: &Path) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("workspace benches: run with `cargo bench -p chaos-tests` to measure");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let Some(g) = rt.block_on(GuestHost::start()) else {
-        eprintln!("workspace benches skipped (see above)");
-        return;
-    };
+    let Some((_rt, g)) = guest_host("workspace") else { return };
     if g.import_debian().is_none() {
         eprintln!("workspace benches skipped (see above)");
         return;

@@ -18,6 +18,7 @@ use protocol::daemon::{Request, Response, StatusReport};
 pub use protocol;
 
 pub mod agent;
+pub mod bench;
 pub mod guests;
 pub mod hostile_registry;
 pub mod oci;
