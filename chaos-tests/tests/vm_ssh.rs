@@ -1,6 +1,6 @@
 //! ssh into VMs with Debian's OpenSSH client, first try, host keys pinned: against an image
-//! with OpenSSH's sshd (the Debian image) and one without (busybox: the agent's built-in
-//! server). Capabilities `qemu` and `debian`.
+//! with OpenSSH's sshd (the Debian image, which has rsync too) and one without (busybox: the
+//! agent's built-in server). Capabilities `qemu` and `debian`.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -64,6 +64,33 @@ fn copy_both_ways(config: &Path, host: &str, dir: &Path) {
     assert!(!left.contains("sftp-dir"), "sftp's rm and rmdir worked: {left}");
 }
 
+/// rsync over ssh (the image has rsync, as rsync needs on both ends): a tree up, a change, and
+/// back down; only the change travels the second time.
+fn rsync_both_ways(config: &Path, host: &str, dir: &Path) {
+    let (tree, back) = (dir.join("tree"), dir.join("tree.back"));
+    for (path, n) in [("a/one", 10 << 10), ("a/b/two", 200 << 10), ("three", 1)] {
+        std::fs::create_dir_all(tree.join(path).parent().unwrap()).unwrap();
+        std::fs::write(tree.join(path), noise(n, n as u64)).unwrap();
+    }
+    let rsh = format!("ssh -F {} -o BatchMode=yes", config.display());
+    let rsync = |args: &[&str]| {
+        let out = Command::new("rsync").args(["-a", "--stats", "-e", &rsh]).args(args).output().unwrap();
+        ok(out, &format!("rsync {args:?}"))
+    };
+    rsync(&[&format!("{}/", tree.display()), &format!("{host}:/srv/tree/")]);
+    std::fs::write(tree.join("three"), "changed\n").unwrap();
+    let stats = rsync(&[&format!("{}/", tree.display()), &format!("{host}:/srv/tree/")]);
+    assert!(stats.contains("Number of regular files transferred: 1"), "only the change goes: {stats}");
+    rsync(&[&format!("{host}:/srv/tree/"), &format!("{}/", back.display())]);
+    for path in ["a/one", "a/b/two", "three"] {
+        assert_eq!(
+            std::fs::read(back.join(path)).unwrap(),
+            std::fs::read(tree.join(path)).unwrap(),
+            "{path}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ssh_scp_and_sftp_work_first_try_against_sshd_and_the_builtin_server() {
     let Some(g) = GuestHost::start().await else { return };
@@ -94,6 +121,7 @@ async fn ssh_scp_and_sftp_work_first_try_against_sshd_and_the_builtin_server() {
         assert_eq!(out.status.code(), Some(3), "the remote exit status: {}", stderr(&out));
         copy_both_ways(&user_config, &host, home.path());
     }
+    rsync_both_ways(&user_config, "deb.banger", home.path());
 
     // A host key other than the one banger pinned is refused.
     let known = g.host.daemon.dir.path().join("ssh/known_hosts");
