@@ -36,7 +36,7 @@ pub fn copy_in(ctx: &Ctx, id: u32, path: String) {
     exec::begin(ctx, id, true, |shared| {
         let (r, w) = exec::pipe()?;
         let dest = PathBuf::from(&path);
-        worker("copy-in", move || unpack(File::from(r), &dest), shared)?;
+        worker("copy-in", move || unpack(tar_stream(File::from(r))?, &dest), shared)?;
         Ok(Started {
             pid: None,
             io: Io { outputs: vec![], stdin: Some(w), stdin_is_tty: false, socket: false },
@@ -62,6 +62,30 @@ pub fn copy_out(ctx: &Ctx, id: u32, path: String) {
             tty: None,
         })
     });
+}
+
+/// zstd's frame magic. A tar stream starts with an entry's name, never with these bytes.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The tar stream in `input`, decompressed when it starts as a zstd frame.
+fn tar_stream(mut input: impl Read + 'static) -> Result<Box<dyn Read>, String> {
+    let mut head = [0u8; 4];
+    let mut n = 0;
+    while n < head.len() {
+        match input.read(head.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read the copy's stream: {e}")),
+        }
+    }
+    let stream = std::io::Cursor::new(head.get(..n).unwrap_or_default().to_vec()).chain(input);
+    if n == head.len() && head == ZSTD_MAGIC {
+        let decoder =
+            ruzstd::decoding::StreamingDecoder::new(stream).map_err(|e| format!("a bad zstd stream: {e}"))?;
+        return Ok(Box::new(decoder));
+    }
+    Ok(Box::new(stream))
 }
 
 fn unpack(input: impl Read, dest: &Path) -> Result<(), String> {
@@ -157,6 +181,16 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         unpack(&tar[..], dst.path()).unwrap();
         let out = dst.path().join("tree");
+        // The same stream, zstd-compressed, unpacks the same.
+        let zst = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+        assert_eq!(zst.get(..4), Some(&ZSTD_MAGIC[..]));
+        let dst2 = tempfile::tempdir().unwrap();
+        unpack(tar_stream(std::io::Cursor::new(zst)).unwrap(), dst2.path()).unwrap();
+        assert_eq!(std::fs::read(dst2.path().join("tree/sub/f")).unwrap(), b"hello");
+        let mut short = tar_stream(std::io::Cursor::new(b"ab".to_vec())).unwrap();
+        let mut read = vec![];
+        short.read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"ab", "a stream shorter than the magic is passed on whole");
         assert_eq!(std::fs::read(out.join("sub/f")).unwrap(), b"hello");
         let m = std::fs::metadata(out.join("sub/f")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o751);

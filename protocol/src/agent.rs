@@ -37,7 +37,8 @@ pub enum AgentRequest {
     /// The host has consumed `bytes` of exec `id`'s output: the agent may send that many more.
     OutputAck { id: u32, bytes: u64 },
     /// Unpack the tar stream sent as exec `id`'s stdin under the directory `path` (created if
-    /// missing), keeping owners, modes, symlinks and mtimes. Answered like an exec: `Started`,
+    /// missing), keeping owners, modes, symlinks and mtimes. The stream may be one zstd frame
+    /// (known by its magic; since protocol 6). Answered like an exec: `Started`,
     /// then `Exited(Code(0))` or `Failed`.
     CopyIn { id: u32, path: String },
     /// Send `path` (a file or a tree) as a tar stream on exec `id`'s stdout, then

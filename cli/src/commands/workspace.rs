@@ -99,6 +99,26 @@ fn bar(total: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// zstd's fastest level: it keeps well ahead of the guest's channel.
+const ZSTD_LEVEL: i32 = 1;
+
+/// A writer that moves a progress bar by what passes through it.
+struct Counted<W> {
+    inner: W,
+    bar: ProgressBar,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Sends `items` into `guest_dir` as one tar stream; the guest's refusal is an error.
 async fn send(
     socket: &Path,
@@ -112,9 +132,15 @@ async fn send(
         Session::open(socket, &Request::VmCopyIn { name: name.to_string(), path: guest_dir.to_string() })
             .await?;
     let progress = bar(total, quiet);
-    let (ending, _) = send_tar(session, progress.clone(), move |sink| {
+    let counter = progress.clone();
+    // Compressed on the way (the agent knows zstd by its magic): what a copy waits on is the
+    // guest's channel, not this CPU. The bar counts the checkout's bytes.
+    let (ending, _) = send_tar(session, ProgressBar::hidden(), move |sink| {
         let refs: Vec<&Item> = items.iter().collect();
-        pack::write(&refs, sink).map_err(|e| format!("cannot read the checkout: {e}"))
+        let mut zstd = zstd::Encoder::new(sink, ZSTD_LEVEL).map_err(|e| format!("cannot compress: {e}"))?;
+        pack::write(&refs, &mut Counted { inner: &mut zstd, bar: counter })
+            .map_err(|e| format!("cannot read the checkout: {e}"))?;
+        zstd.finish().map(drop).map_err(|e| format!("cannot compress: {e}"))
     })
     .await?;
     progress.finish_and_clear();
