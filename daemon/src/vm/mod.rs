@@ -151,6 +151,16 @@ impl VmActor {
         self.record.info.name.clone()
     }
 
+    /// The VM as a client sees it: its record, and what its agent link knows now.
+    fn info(&self) -> VmInfo {
+        let mut info = self.record.info.clone();
+        if let (Some(link), Some(ssh)) = (&self.agent, &mut info.ssh) {
+            ssh.server = link.ssh_server();
+        }
+        info.agent = self.agent.as_ref().map(agent::Link::state);
+        info
+    }
+
     /// Moves to `state` and queues the record for the disk (written in order, off this
     /// thread). What must not happen before the state is on disk awaits `saved`.
     fn set(&mut self, state: VmState) {
@@ -536,12 +546,7 @@ impl Handler<crate::child::Control> for VmActor {
 impl Handler<Info> for VmActor {
     type Result = MessageResult<Info>;
     fn handle(&mut self, _: Info, _: &mut Context<Self>) -> Self::Result {
-        let mut info = self.record.info.clone();
-        if let (Some(link), Some(ssh)) = (&self.agent, &mut info.ssh) {
-            ssh.server = link.ssh_server();
-        }
-        info.agent = self.agent.as_ref().map(agent::Link::state);
-        MessageResult(info)
+        MessageResult(self.info())
     }
 }
 
@@ -557,8 +562,7 @@ impl Handler<SetWorkspace> for VmActor {
         }
         self.record.info.workspace = workspace.map(Box::new);
         self.persist();
-        let mut info = self.record.info.clone();
-        info.agent = self.agent.as_ref().map(agent::Link::state);
+        let info = self.info();
         // Answered once the record is on disk, so a daemon restart keeps what was told.
         let saved = self.saved();
         Box::pin(

@@ -170,9 +170,26 @@ pub enum PortChange {
 }
 
 impl actix::Handler<PortChange> for super::VmActor {
-    type Result = Result<protocol::vm::VmInfo, Error>;
+    type Result = actix::ResponseActFuture<Self, Result<protocol::vm::VmInfo, Error>>;
 
     fn handle(&mut self, change: PortChange, _: &mut actix::Context<Self>) -> Self::Result {
+        use actix::WrapFuture;
+        let changed = self.change_ports(change);
+        // Answered once the record is on disk, so a daemon restart keeps the forward.
+        let saved = self.saved();
+        let info = changed.map(|()| self.info());
+        Box::pin(
+            async move {
+                saved.await;
+                info
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl super::VmActor {
+    fn change_ports(&mut self, change: PortChange) -> Result<(), Error> {
         let name = self.name();
         let ports = &mut self.record.info.ports;
         match change {
@@ -204,9 +221,8 @@ impl actix::Handler<PortChange> for super::VmActor {
                 self.forwards.remove(host_port);
             }
         }
-        let state = self.record.info.state.clone();
-        self.set(state);
-        Ok(self.record.info.clone())
+        self.persist();
+        Ok(())
     }
 }
 
