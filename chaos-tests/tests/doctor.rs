@@ -229,6 +229,70 @@ async fn a_daemon_with_its_helper_and_kernel_is_ready() {
     // The bridge the daemon reports is the one checked (made by the first networked VM).
     let network = check(&doc, "network")["finding"].as_str().unwrap().to_string();
     assert!(network.contains(&g.host.bridge), "{network}");
+    // A networked VM makes the bridge and its NAT table: both are seen.
+    let out = g.cli(&[
+        "vm", "run", "--rm", "--vmm", "qemu", "--cpus", "1", "--memory", "256", "busybox", "--", "true",
+    ]);
+    assert!(out.status.success(), "a networked vm run: {}", chaos_tests::stderr(&out));
+    let bridge = &g.host.bridge;
+    let doc = json(&doctor(dir, &["--json"], None));
+    let network = check(&doc, "network");
+    assert_eq!(network["status"], "ok", "{network}");
+    assert!(
+        network["finding"].as_str().unwrap().contains(&format!("{bridge} is up with its nftables table")),
+        "{network}"
+    );
     let text = stdout(&doctor(dir, &[], None));
     eprintln!("banger doctor on this host:\n{text}");
+    // Its table gone (the VMs' NAT with it): a warning with the fix, nothing blocked.
+    let gone = Command::new("nft").args(["delete", "table", "ip", bridge]).status().unwrap();
+    assert!(gone.success());
+    let out = doctor(dir, &["--json"], None);
+    let doc = json(&out);
+    let network = check(&doc, "network");
+    assert_eq!(network["status"], "warn", "{network}");
+    assert!(network["fix"].as_str().unwrap().contains("banger daemon restart"), "{network}");
+    assert!(out.status.success(), "a warning alone exits 0");
+}
+
+/// `banger --state-dir DIR doctor --json` as `uid:gid` (no supplementary groups).
+fn doctor_as(state_dir: &Path, uid: u32, gid: u32) -> Value {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(bin("banger"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["doctor", "--json"])
+        .env("NO_COLOR", "1")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    json(&out)
+}
+
+#[tokio::test]
+async fn a_user_outside_the_sockets_group_is_told_how_to_join() {
+    if !capable("root", is_root(), "running doctor as other users needs root") {
+        return;
+    }
+    let (uid, gid) = chaos_tests::other_user();
+    let opts = chaos_tests::DaemonOpts {
+        extra_args: vec!["--group".into(), "banger-test-other".into()],
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(opts).await;
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a nobody user");
+    let doc = doctor_as(d.dir.path(), nobody.uid.as_raw(), nobody.gid.as_raw());
+    let daemon = check(&doc, "daemon");
+    assert_eq!(daemon["status"], "fail", "{daemon}");
+    let finding = daemon["finding"].as_str().unwrap();
+    assert!(
+        finding.contains("socket 0660 root:banger-test-other") && finding.contains("nor in its group"),
+        "{daemon}"
+    );
+    assert!(daemon["fix"].as_str().unwrap().contains("sudo usermod -aG banger-test-other $USER"), "{daemon}");
+    assert_eq!(doc["ok"], false);
+    // A member gets in.
+    let doc = doctor_as(d.dir.path(), uid, gid);
+    assert_eq!(check(&doc, "daemon")["status"], "ok", "{doc:#}");
 }
