@@ -13,35 +13,26 @@ use crate::progress::human_bytes;
 /// helper/src/jail.rs: CPU time and memory); `pids` is reported, not needed.
 const NEEDED: [&str; 2] = ["cpu", "memory"];
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const V2_FIX: &str =
+    "boot a kernel with CONFIG_CGROUP_SCHED and CONFIG_MEMCG, and systemd.unified_cgroup_hierarchy=1";
+const V1_FIX: &str = "sudo mkdir -p /sys/fs/cgroup/cpu /sys/fs/cgroup/memory && \
+     sudo mount -t cgroup -o cpu cgroup /sys/fs/cgroup/cpu && \
+     sudo mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory";
 
 pub fn cgroup() -> Check {
     let root = Path::new(CGROUP_ROOT);
-    let (version, present): (&str, Vec<&str>) = match std::fs::read_to_string(root.join("cgroup.controllers"))
-    {
-        // v2: the helper enables cpu and memory in cgroup.subtree_control on its way down.
-        Ok(list) => (
-            "v2",
-            ["cpu", "memory", "pids"]
-                .into_iter()
-                .filter(|c| list.split_whitespace().any(|w| w == *c))
-                .collect(),
-        ),
-        // v1: one hierarchy per controller, each mounted at /sys/fs/cgroup/NAME.
-        Err(_) => (
-            "v1",
-            ["cpu", "memory", "pids"].into_iter().filter(|c| root.join(c).join("tasks").exists()).collect(),
-        ),
+    // v2 lists its controllers in one file (the helper enables cpu and memory in
+    // cgroup.subtree_control on its way down); v1 mounts one hierarchy per controller.
+    let v2 = std::fs::read_to_string(root.join("cgroup.controllers")).ok();
+    let has = |c: &str| match &v2 {
+        Some(list) => list.split_whitespace().any(|w| w == c),
+        None => root.join(c).join("tasks").exists(),
     };
+    let version = if v2.is_some() { "v2" } else { "v1" };
+    let present: Vec<&str> = ["cpu", "memory", "pids"].into_iter().filter(|c| has(c)).collect();
     let missing: Vec<&str> = NEEDED.iter().copied().filter(|c| !present.contains(c)).collect();
     if !missing.is_empty() {
-        let fix = match version {
-            "v2" => {
-                "boot a kernel with CONFIG_CGROUP_SCHED and CONFIG_MEMCG, and systemd.unified_cgroup_hierarchy=1"
-            }
-            _ => {
-                "mount them: `sudo mkdir -p /sys/fs/cgroup/cpu /sys/fs/cgroup/memory && sudo mount -t cgroup -o cpu cgroup /sys/fs/cgroup/cpu && sudo mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory`"
-            }
-        };
+        let fix = if v2.is_some() { V2_FIX } else { V1_FIX };
         return Check::warn(
             "cgroup",
             format!(
