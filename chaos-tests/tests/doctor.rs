@@ -296,3 +296,21 @@ async fn a_user_outside_the_sockets_group_is_told_how_to_join() {
     let doc = doctor_as(d.dir.path(), uid, gid);
     assert_eq!(check(&doc, "daemon")["status"], "ok", "{doc:#}");
 }
+
+#[tokio::test]
+async fn a_daemon_that_never_answers_is_reported_not_waited_for() {
+    // A socket that takes connections (the kernel's backlog) and never says a word.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    let _silent = tokio_seqpacket::UnixSeqpacketListener::bind(dir.path().join("run/bangerd.sock")).unwrap();
+    let started = std::time::Instant::now();
+    let state = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || doctor(&state, &["--json"], None)).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "doctor waited {:?}", started.elapsed());
+    assert!(!out.status.success());
+    let doc = json(&out);
+    let daemon = check(&doc, "daemon");
+    assert_eq!(daemon["status"], "fail", "{daemon}");
+    assert!(daemon["finding"].as_str().unwrap().contains("did not answer within"), "{daemon}");
+    assert!(daemon["fix"].as_str().unwrap().contains("banger daemon restart"), "{daemon}");
+}

@@ -5,9 +5,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use nix::unistd::{Gid, Group, Uid, User, getgroups};
-use protocol::Error;
 use protocol::daemon::{ActorStatus, Request, Response, StatusReport};
 use protocol::vm::KernelInfo;
+use protocol::{Error, ErrorKind};
 
 use super::Check;
 use crate::client;
@@ -20,8 +20,11 @@ pub struct Answer {
     pub bridge: Option<String>,
 }
 
+/// A daemon that takes longer than this to answer a status is reported as not answering.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn ask(socket: &Path) -> Answer {
-    let status = async {
+    let status = tokio::time::timeout(PATIENCE, async {
         let mut c = client::connect(socket).await?;
         let status = match client::call(&mut c, socket, &Request::Status).await? {
             Response::Status(s) => s,
@@ -32,8 +35,15 @@ pub async fn ask(socket: &Path) -> Answer {
             _ => None,
         };
         Ok((status, kernels))
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("bangerd on {} did not answer within {PATIENCE:?}", socket.display()),
+        )
+        .with_hint("see its log, or restart it: `banger daemon restart`"))
+    });
     match status {
         Ok((s, kernels)) => {
             let bridge = actor(&s.root, "network")
