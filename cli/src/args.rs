@@ -86,6 +86,11 @@ pub enum Command {
     SshConfig(SshConfigCommand),
     /// Print a shell completion script, e.g. `banger completion bash > /etc/bash_completion.d/banger`.
     Completion { shell: clap_complete::Shell },
+    /// Check this host for running VMs: each finding with the command that fixes it.
+    #[command(
+        after_help = "Examples:\n  banger doctor\n  banger doctor --json | jq '.checks[] | select(.status != \"ok\")'\n  sudo banger --system doctor"
+    )]
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]

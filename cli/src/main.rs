@@ -6,6 +6,7 @@ mod args;
 mod auth;
 mod client;
 mod commands;
+mod doctor;
 mod escape;
 mod exec_args;
 mod names;
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
             Command::System(args::SystemCommand::Uninstall) => {
                 done(commands::vm::system_uninstall(&cli.global, &out).await)
             }
+            Command::Doctor => commands::doctor::run(&cli.global, &out).await,
             Command::Completion { shell } => done(commands::completion::run(shell)),
         }
     });

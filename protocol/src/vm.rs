@@ -24,6 +24,18 @@ impl VmmKind {
     }
 }
 
+/// What this host runs best, and whether it has hardware KVM: Firecracker on hardware KVM; QEMU
+/// where KVM is missing or is the software-only `kvm_pvm` (under which a stock Linux kernel never
+/// finishes booting). Here so the daemon and `banger doctor` decide alike.
+pub fn probe_vmm() -> (VmmKind, bool) {
+    let hardware_kvm =
+        std::path::Path::new("/dev/kvm").exists() && !std::path::Path::new("/sys/module/kvm_pvm").exists();
+    match hardware_kvm {
+        true => (VmmKind::Firecracker, true),
+        false => (VmmKind::Qemu, false),
+    }
+}
+
 impl std::str::FromStr for VmmKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

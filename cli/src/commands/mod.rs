@@ -3,6 +3,7 @@
 pub mod completion;
 pub mod cp;
 pub mod daemon;
+pub mod doctor;
 pub mod exec;
 pub mod image;
 pub mod kernel;

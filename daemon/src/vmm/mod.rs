@@ -86,14 +86,9 @@ impl Backends {
     }
 }
 
-/// What this host runs best: Firecracker on hardware KVM; QEMU where KVM is missing or is the
-/// software-only `kvm_pvm` (under which a stock Linux kernel never finishes booting).
+/// What this host runs best (see [`protocol::vm::probe_vmm`], shared with `banger doctor`).
 pub fn probe() -> (VmmKind, bool) {
-    let hardware_kvm = Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists();
-    match hardware_kvm {
-        true => (VmmKind::Firecracker, true),
-        false => (VmmKind::Qemu, false),
-    }
+    protocol::vm::probe_vmm()
 }
 
 /// Boots through `launch`, given the VM's tap and the guest's MAC when it is networked: the
