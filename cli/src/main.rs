@@ -6,6 +6,8 @@ mod args;
 mod auth;
 mod client;
 mod commands;
+#[cfg(test)]
+mod docs;
 mod escape;
 mod exec_args;
 mod names;
