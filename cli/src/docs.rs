@@ -60,12 +60,17 @@ fn man_pages() -> BTreeMap<String, Vec<u8>> {
     every_command()
         .into_iter()
         .map(|cmd| {
+            // clap_mangen heads the after_help "EXTRA"; ours is examples, after notes on some.
+            let after = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            let heading = if after.starts_with("Examples:") { "EXAMPLES" } else { "NOTES AND EXAMPLES" };
             let man = clap_mangen::Man::new(cmd)
                 .source(format!("banger {}", env!("CARGO_PKG_VERSION")))
                 .manual("banger manual");
             let mut page = Vec::new();
             man.render(&mut page).unwrap();
-            (man.get_filename(), page)
+            let page =
+                String::from_utf8(page).unwrap().replacen("\n.SH EXTRA\n", &format!("\n.SH {heading}\n"), 1);
+            (man.get_filename(), page.into_bytes())
         })
         .collect()
 }
