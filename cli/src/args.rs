@@ -28,12 +28,12 @@ pub struct Cli {
 /// What `banger` with no arguments prints, and the end of `banger --help`: the five commands a
 /// new user needs, in the order they need them (docs/getting-started.md walks through them).
 pub const GETTING_STARTED: &str = "\
-Getting started (as root; docs/getting-started.md has the whole walk-through):
-  banger daemon start                                  bangerd and its root helper
-  banger kernel import \"$(scripts/dev kernel)\" --name default    the guests' kernel
-  banger vm run -d --name web debian:12                pull the image, boot a VM
-  banger vm ssh web                                    a shell in it (or: vm exec web -- CMD)
-  banger vm rm -f web                                  throw it away
+Getting started (as root; docs/getting-started.md walks through it):
+  1. banger daemon start                     bangerd and its root helper
+  2. banger kernel import \"$(scripts/dev kernel)\" --name default
+  3. banger vm run -d --name web debian:12   pull the image, boot a VM
+  4. banger vm ssh web                       a shell in it (or: banger vm exec web -- CMD)
+  5. banger vm rm -f web                     throw it away
 
 Examples:
   banger vm run --rm -it debian:12 -- bash
@@ -71,14 +71,14 @@ pub enum Command {
     /// Show the client's and the daemon's versions.
     #[command(after_help = "Examples:
   banger version
-  banger version --json          the same as JSON, for scripts")]
+  banger version --json   the same as JSON, for scripts")]
     Version,
     /// Start, stop, inspect or install the daemon.
     #[command(subcommand)]
     #[command(after_help = "Examples:
-  banger daemon start            as root: bangerd and banger-helper (taps, bridge, NAT)
+  banger daemon start          as root: bangerd and banger-helper (taps, bridge, NAT)
   banger daemon status
-  sudo banger daemon install     systemd units, so it starts at boot")]
+  sudo banger daemon install   systemd units, so it starts at boot")]
     Daemon(DaemonCommand),
     /// Pull, list, inspect and remove images; prune the blob cache.
     #[command(subcommand)]
@@ -104,7 +104,7 @@ pub enum Command {
     /// List running VMs (`vm ls`).
     #[command(after_help = "Examples:
   banger ps
-  banger ps -a                   stopped and failed VMs too")]
+  banger ps -a   stopped and failed VMs too")]
     Ps {
         /// Stopped and failed VMs too.
         #[arg(long, short)]
@@ -113,7 +113,7 @@ pub enum Command {
     /// Remove a VM (`vm rm`).
     #[command(after_help = "Examples:
   banger rm web
-  banger rm -f web               even while it runs")]
+  banger rm -f web   even while it runs")]
     Rm {
         name: String,
         #[arg(long, short)]
@@ -122,7 +122,7 @@ pub enum Command {
     /// Remove every VM that is not running.
     #[command(after_help = "Examples:
   banger prune
-  banger prune --force           without asking")]
+  banger prune --force   without asking")]
     Prune {
         /// Do not ask.
         #[arg(long, short)]
@@ -131,7 +131,7 @@ pub enum Command {
     /// Host-wide set-up.
     #[command(subcommand)]
     #[command(after_help = "Examples:
-  banger system uninstall        as root: the bridge and NAT table go
+  banger system uninstall   as root: the bridge and NAT table go
   banger vm ls -a && banger system uninstall")]
     System(SystemCommand),
     /// Make `ssh NAME.banger` work from anywhere (an `Include` in ~/.ssh/config).
@@ -153,9 +153,9 @@ pub enum Command {
 pub enum DaemonCommand {
     /// Start bangerd (and banger-helper when root); uses systemd when the units are installed.
     #[command(after_help = "Examples:
-  banger daemon start            as root: bangerd and banger-helper (taps, bridge, NAT)
+  banger daemon start                  as root: bangerd and banger-helper (taps, bridge, NAT)
   banger daemon start --no-helper
-  banger daemon start --group banger     members of group banger may use it too")]
+  banger daemon start --group banger   members of group banger may use it too")]
     Start(StartArgs),
     /// Stop bangerd (and the helper this command started).
     #[command(after_help = "Examples:
@@ -175,8 +175,8 @@ pub enum DaemonCommand {
     /// Write systemd units and enable them where systemd runs.
     #[command(after_help = "Examples:
   sudo banger daemon install --group banger
-  banger daemon install --user                 per-user units (systemctl --user)
-  banger daemon install --unit-dir ./units --no-enable    only write the files")]
+  banger daemon install --user                           per-user units (systemctl --user)
+  banger daemon install --unit-dir ./units --no-enable   only write the files")]
     Install(InstallArgs),
     /// Disable and remove the systemd units.
     #[command(after_help = "Examples:
@@ -376,7 +376,7 @@ pub enum ImageCommand {
 pub enum CacheCommand {
     /// Delete every cached blob (images stay usable; a re-pull fetches them again).
     #[command(after_help = "Examples:
-  banger image cache prune --dry-run     what would be freed
+  banger image cache prune --dry-run   what would be freed
   banger image cache prune")]
     Prune {
         /// Only say what would be freed.
@@ -482,7 +482,7 @@ pub enum VmCommand {
     #[command(alias = "remove")]
     #[command(after_help = "Examples:
   banger vm rm web
-  banger vm rm -f web            even while it runs")]
+  banger vm rm -f web   even while it runs")]
     Rm {
         name: String,
         #[arg(long, short)]
@@ -492,7 +492,7 @@ pub enum VmCommand {
     #[command(alias = "list")]
     #[command(after_help = "Examples:
   banger vm ls
-  banger vm ls -a                stopped and failed VMs too
+  banger vm ls -a   stopped and failed VMs too
   banger vm ls --json")]
     Ls {
         #[arg(long, short)]
@@ -506,7 +506,7 @@ pub enum VmCommand {
     /// Print a VM's console log; with -f, follow it until the VM stops.
     #[command(after_help = "Examples:
   banger vm logs web
-  banger vm logs -f web          follow until the VM stops")]
+  banger vm logs -f web   follow until the VM stops")]
     Logs {
         name: String,
         #[arg(long, short)]
@@ -558,7 +558,7 @@ pub const SSH_EXAMPLES: &str = "Examples:
 pub enum PortCommand {
     /// Forward [ADDR:]HOST_PORT to GUEST_PORT from now on (kept across restarts).
     #[command(after_help = "Examples:
-  banger vm port add web 8080:80        localhost:8080 to the guest's port 80
+  banger vm port add web 8080:80            localhost:8080 to the guest's port 80
   banger vm port add web 0.0.0.0:8443:443   on every host address")]
     Add {
         name: String,
@@ -584,7 +584,7 @@ pub enum SshConfigCommand {
     /// Add one marked `Include` line for banger's VMs to ~/.ssh/config (idempotent).
     #[command(after_help = "Examples:
   banger ssh-config install
-  ssh web.banger                 then plain ssh, scp and rsync reach VM web")]
+  ssh web.banger   then plain ssh, scp and rsync reach VM web")]
     Install,
     /// Remove exactly that line.
     #[command(after_help = "Examples:
@@ -630,7 +630,7 @@ pub enum WorkspaceCommand {
     /// Bring commits made in the guest back as a branch of the host's repository (the work
     /// tree, the index and HEAD are left alone).
     #[command(after_help = "Examples:
-  banger vm workspace pull web                  commits made in web as branch banger/web
+  banger vm workspace pull web   commits made in web as branch banger/web
   banger vm workspace pull web --branch fix-login")]
     Pull {
         name: String,
@@ -647,7 +647,7 @@ pub enum KernelCommand {
     #[command(after_help = "Examples:
   banger kernel import \"$(scripts/dev kernel)\" --name default
   banger kernel import ./bzImage --modules /lib/modules/6.1.0-57-cloud-amd64 --name mine
-  banger kernel import ./vmlinux --name tiny     an ELF kernel with everything built in")]
+  banger kernel import ./vmlinux --name tiny   an ELF kernel with everything built in")]
     Import {
         path: PathBuf,
         #[arg(long)]
@@ -666,7 +666,7 @@ pub enum KernelCommand {
     #[command(alias = "remove")]
     #[command(after_help = "Examples:
   banger kernel rm tiny
-  banger rm -f web && banger kernel rm tiny    once no VM uses it")]
+  banger rm -f web && banger kernel rm tiny   once no VM uses it")]
     Rm { name: String },
 }
 
@@ -674,7 +674,7 @@ pub enum KernelCommand {
 pub enum SystemCommand {
     /// Remove the VM bridge and its NAT table from the host (no VM may be running).
     #[command(after_help = "Examples:
-  banger vm stop web && banger system uninstall    as root, once no VM runs
+  banger vm stop web && banger system uninstall   as root, once no VM runs
   banger system uninstall --json")]
     Uninstall,
 }
