@@ -288,7 +288,7 @@ mod tests {
 
         use crate::args::{Cli, Command, VmCommand};
         let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
-            Ok(Command::Vm(VmCommand::Exec(e))) => e,
+            Ok(Some(Command::Vm(VmCommand::Exec(e)))) => e,
             other => panic!("{other:?}"),
         };
         let e = parse(&["banger", "vm", "exec", "-it", "-e", "A=1", "-w", "/tmp", "web", "--", "ls", "-l"]);
@@ -301,7 +301,7 @@ mod tests {
         match Cli::try_parse_from(["banger", "vm", "run", "--rm", "alpine", "--", "echo", "-n"])
             .map(|c| c.command)
         {
-            Ok(Command::Vm(VmCommand::Run(r))) => {
+            Ok(Some(Command::Vm(VmCommand::Run(r)))) => {
                 assert!(r.rm);
                 assert_eq!(r.command, ["echo", "-n"]);
             }

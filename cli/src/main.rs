@@ -6,6 +6,8 @@ mod args;
 mod auth;
 mod client;
 mod commands;
+#[cfg(test)]
+mod docs;
 mod doctor;
 mod escape;
 mod exec_args;
@@ -22,10 +24,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{Cli, Command};
+
+/// The first line of `banger --help`: the name, the version and what banger is.
+fn about() -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+    format!("banger {}: {about}", env!("CARGO_PKG_VERSION"))
+}
 use crate::output::Output;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let Some(command) = cli.command else {
+        print!("{}\n\n{}\n\nRun `banger --help` for every command.\n", about(), args::GETTING_STARTED);
+        return ExitCode::SUCCESS;
+    };
     let out = Output::new(cli.global.json);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -36,7 +50,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let done = |r: Result<(), protocol::Error>| r.map(|()| 0);
-        match cli.command {
+        match command {
             Command::Vm(args::VmCommand::Exec(a)) => commands::exec::run(&cli.global, a).await,
             Command::Vm(args::VmCommand::Run(a)) => commands::run::run(&cli.global, a, &out).await,
             Command::Vm(args::VmCommand::Ssh { name, direct, command }) => {

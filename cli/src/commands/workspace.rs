@@ -154,7 +154,7 @@ async fn send(
             ErrorKind::Unavailable,
             format!("the copy into {name}:{guest_dir} failed: {}", escape(&message)),
         )
-        .with_hint("is there room on the VM's disk? see `banger vm exec NAME -- df -h`")),
+        .with_hint(format!("is there room on the VM's disk? see `banger vm exec {name} -- df -h /`"))),
     }
 }
 

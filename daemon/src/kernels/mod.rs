@@ -113,8 +113,11 @@ impl From<KernelError> for Error {
                     .with_hint(format!("remove it first: banger kernel rm {name}"))
             }
             KernelError::NotFound(name) => {
-                Error::new(ErrorKind::NotFound, format!("no kernel named {name:?}"))
-                    .with_hint(format!("import one: banger kernel import PATH --name {name}"))
+                Error::new(ErrorKind::NotFound, format!("no kernel named {name:?}")).with_hint(format!(
+                    "import one: banger kernel import PATH --name {name}, PATH a linux-image-*.deb, \
+                         a bzImage or a vmlinux (`scripts/dev kernel` fetches Debian's; see `banger kernel \
+                         import --help`)"
+                ))
             }
             KernelError::Io(what) => Error::internal(what),
         }

@@ -141,8 +141,9 @@ pub struct AgentHandle {
 }
 
 fn lost() -> Error {
-    Error::new(ErrorKind::Unavailable, "the VM stopped, or its agent link ended")
-        .with_hint("see `banger vm inspect`")
+    Error::new(ErrorKind::Unavailable, "the VM stopped, or its agent link ended").with_hint(
+        "see which VMs stopped: `banger vm ls --all`; a VM's console says why: `banger vm logs NAME`",
+    )
 }
 
 impl AgentHandle {
