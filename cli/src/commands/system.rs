@@ -37,6 +37,53 @@ struct Manifest {
     created_user: bool,
     /// Files written, relative to the root.
     files: Vec<PathBuf>,
+    /// Directories the install made for them (not the state and cache dirs), parents first.
+    #[serde(default)]
+    dirs: Vec<PathBuf>,
+}
+
+/// What one install run wrote, relative to the root.
+#[derive(Default)]
+struct Written {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Written {
+    /// Creates `rel`'s directory and its missing parents, remembering which were missing.
+    fn make_dirs(&mut self, root: &Path, rel: &Path) -> Result<(), Error> {
+        let mut missing: Vec<PathBuf> = rel
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty() && !root.join(a).exists())
+            .map(Path::to_path_buf)
+            .collect();
+        missing.reverse();
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        self.dirs.extend(missing);
+        Ok(())
+    }
+
+    fn file(&mut self, root: &Path, rel: &str, text: &[u8]) -> Result<(), Error> {
+        let rel = Path::new(rel);
+        if let Some(dir) = rel.parent() {
+            self.make_dirs(root, dir)?;
+        }
+        let path = root.join(rel);
+        std::fs::write(&path, text).map_err(io("write", &path))?;
+        self.files.push(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Removes what was written: files, then the directories made for them (when empty).
+    fn undo(&self, root: &Path) {
+        for rel in &self.files {
+            let _ = std::fs::remove_file(root.join(rel));
+        }
+        for rel in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(root.join(rel));
+        }
+    }
 }
 
 pub async fn run(global: &Global, cmd: SystemCommand, out: &Output) -> Result<(), Error> {
@@ -60,19 +107,19 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::internal(format!("{msg}: {e}"))
 }
 
-fn write_file(root: &Path, rel: &str, text: &[u8], written: &mut Vec<PathBuf>) -> Result<(), Error> {
-    let path = root.join(rel);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    }
-    std::fs::write(&path, text).map_err(io("write", &path))?;
-    written.push(PathBuf::from(rel));
-    Ok(())
-}
-
 /// A directory owned by the daemon's user, 0750 (its group may read, others nothing).
-fn owned_dir(path: &Path, account: &accounts::Account) -> Result<(), Error> {
+fn owned_dir(
+    root: &Path,
+    rel: &str,
+    account: &accounts::Account,
+    written: &mut Written,
+) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
+    let rel = Path::new(rel);
+    if let Some(parent) = rel.parent() {
+        written.make_dirs(root, parent)?;
+    }
+    let path = &root.join(rel);
     std::fs::create_dir_all(path).map_err(io("create", path))?;
     let gid = nix::unistd::Group::from_name(&account.group).ok().flatten().map(|g| g.gid);
     nix::unistd::chown(path, Some(Uid::from_raw(account.uid)), gid)
@@ -95,32 +142,40 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
     find_binary("banger-helper")?;
     let home = format!("/{STATE_DIR}");
     let (account, created_user) = accounts::ensure_system_user(&args.user, &home)?;
-    let mut files = vec![];
+    let mut w = Written::default();
     let result = (|| {
-        owned_dir(&root.join(STATE_DIR), &account)?;
-        owned_dir(&root.join(CACHE_DIR), &account)?;
+        owned_dir(&root, STATE_DIR, &account, &mut w)?;
+        owned_dir(&root, CACHE_DIR, &account, &mut w)?;
         for (name, text) in system_units(&account, None)? {
-            write_file(&root, &format!("{UNIT_DIR}/{name}"), text.as_bytes(), &mut files)?;
+            w.file(&root, &format!("{UNIT_DIR}/{name}"), text.as_bytes())?;
         }
         for (shell, rel) in COMPLETIONS {
-            write_file(&root, rel, &completion(*shell), &mut files)?;
+            w.file(&root, rel, &completion(*shell))?;
         }
         // TODO(man pages): install `banger.1` and the subcommands' pages once the CLI generates
-        // them (clap_mangen, another change); they go to usr/local/share/man/man1 and into `files`.
-        let manifest = Manifest { user: account.name.clone(), created_user, files: files.clone() };
+        // them (clap_mangen, another change); they go to usr/local/share/man/man1.
+        if let Some(dir) = Path::new(MANIFEST).parent() {
+            w.make_dirs(&root, dir)?;
+        }
+        let manifest = Manifest {
+            user: account.name.clone(),
+            created_user,
+            files: w.files.clone(),
+            dirs: w.dirs.clone(),
+        };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
-        write_file(&root, MANIFEST, &text, &mut vec![])
+        let path = root.join(MANIFEST);
+        std::fs::write(&path, text).map_err(io("write", &path))
     })();
     if let Err(e) = result {
         // Undo what this run made, so a failed install can simply be run again.
-        for rel in &files {
-            let _ = std::fs::remove_file(root.join(rel));
-        }
+        w.undo(&root);
         if created_user {
             let _ = accounts::remove_user(&account.name);
         }
         return Err(e);
     }
+    let files = w.files;
     let units = [systemd::HELPER_UNIT, systemd::DAEMON_UNIT];
     let here = args.root.is_none();
     let enable = here && !args.no_enable && systemd::running();
@@ -223,8 +278,10 @@ async fn uninstall(global: &Global, args: &SystemUninstallArgs, out: &Output) ->
         removed.push(format!("user {}", manifest.user));
     }
     std::fs::remove_file(&manifest_path).map_err(io("remove", &manifest_path))?;
-    // The manifest's directory too when nothing else (e.g. bangerd.toml) is in it.
-    let _ = manifest_path.parent().map(std::fs::remove_dir);
+    // The directories the install made, when nothing else (e.g. bangerd.toml) is in them.
+    for rel in manifest.dirs.iter().rev() {
+        let _ = std::fs::remove_dir(root.join(rel));
+    }
     if out.json {
         out.json(&json!({ "removed": removed, "kept_state": !args.purge }));
         return Ok(());
