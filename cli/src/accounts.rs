@@ -46,7 +46,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), Error> {
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         )
-        .with_hint(format!("run it by hand as root to see why, then run the install again")))
+        .with_hint("run it by hand as root to see why, then run this banger command again"))
     }
 }
 
