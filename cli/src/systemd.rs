@@ -135,6 +135,10 @@ pub fn system_daemon_unit(bangerd: &Path, who: &SystemDaemon) -> String {
          RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n\
          SystemCallFilter=@system-service\n\
          SystemCallFilter=~@privileged @resources\n\
+         # @chown (taken out with @privileged): the socket's group is set by chown.\n\
+         SystemCallFilter=@chown\n\
+         # Its open-file limit, set here since it cannot raise its own (setrlimit is in @resources).\n\
+         LimitNOFILE=524288\n\
          SystemCallErrorNumber=EPERM\n\
          \n\
          [Install]\n\
