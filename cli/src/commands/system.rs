@@ -212,7 +212,9 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
         );
     }
     println!(
-        "members of group {group} use banger without sudo: `sudo usermod -aG {group} $USER`, then log in again"
+        "members of group {group} use banger without sudo: `sudo usermod -aG {group} $USER`, log in again, \
+         then `banger --system vm ls` (or set BANGER_SOCKET={})",
+        Path::new(protocol::paths::SYSTEM_RUN_DIR).join(protocol::paths::DAEMON_SOCKET).display()
     );
     Ok(())
 }
