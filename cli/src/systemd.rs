@@ -74,11 +74,14 @@ ProtectKernelLogs=yes
 ProtectClock=yes
 ProtectHostname=yes
 RestrictRealtime=yes
-RestrictSUIDSGID=yes
 LockPersonality=yes
 SystemCallArchitectures=native
 KeyringMode=private
 UMask=0077
+# Not RestrictSUIDSGID=: systemd enforces it by failing openat2 (ENOSYS), whose mode it cannot
+# inspect, and banger opens every path in image layers and VM files with openat2
+# (RESOLVE_IN_ROOT, RESOLVE_BENEATH). The daemon has no capabilities, so it cannot set a
+# set-id bit on a file it does not own anyway.
 ";
 
 pub fn system_daemon_unit(bangerd: &Path, who: &SystemDaemon) -> String {
