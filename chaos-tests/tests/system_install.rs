@@ -233,9 +233,15 @@ fn install_then_uninstall_leaves_the_host_as_it_was() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(stderr(&out).contains("no system install under"), "{}", stderr(&out));
 
-    // Install, then uninstall --purge: exactly the files and accounts of before.
-    let out = banger(&["system", "install", "--root", r, "--user", &user, "--no-enable"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // Install twice (the second finds the user made by the first, and another --user is
+    // refused), then uninstall --purge: exactly the files and accounts of before.
+    for _ in 0..2 {
+        let out = banger(&["system", "install", "--root", r, "--user", &user, "--no-enable"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = banger(&["system", "install", "--root", r, "--user", "bgt-other", "--no-enable"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(stderr(&out).contains("uninstall it first"), "{}", stderr(&out));
     let out = banger(&["system", "uninstall", "--root", r, "--purge"]);
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::remove_dir_all(root.path().join("var")).ok(); // what the first, unpurged, kept

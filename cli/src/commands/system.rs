@@ -141,7 +141,18 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
     find_binary("bangerd")?;
     find_binary("banger-helper")?;
     let home = format!("/{STATE_DIR}");
-    let (account, created_user) = accounts::ensure_system_user(&args.user, &home)?;
+    // An install run again keeps what the first one made (its user, its directories) to remove.
+    let earlier: Option<Manifest> =
+        std::fs::read(root.join(MANIFEST)).ok().and_then(|t| serde_json::from_slice(&t).ok());
+    if let Some(m) = earlier.as_ref().filter(|m| m.user != args.user) {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("banger is installed under {} for user {:?}", root.display(), m.user),
+        )
+        .with_hint("uninstall it first: `sudo banger system uninstall`, then install with the new --user"));
+    }
+    let (account, created_now) = accounts::ensure_system_user(&args.user, &home)?;
+    let created_user = created_now || earlier.as_ref().is_some_and(|m| m.created_user);
     let mut w = Written::default();
     let result = (|| {
         owned_dir(&root, STATE_DIR, &account, &mut w)?;
@@ -157,12 +168,9 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
         if let Some(dir) = Path::new(MANIFEST).parent() {
             w.make_dirs(&root, dir)?;
         }
-        let manifest = Manifest {
-            user: account.name.clone(),
-            created_user,
-            files: w.files.clone(),
-            dirs: w.dirs.clone(),
-        };
+        let mut dirs = earlier.as_ref().map(|m| m.dirs.clone()).unwrap_or_default();
+        dirs.extend(w.dirs.iter().cloned());
+        let manifest = Manifest { user: account.name.clone(), created_user, files: w.files.clone(), dirs };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
         let path = root.join(MANIFEST);
         std::fs::write(&path, text).map_err(io("write", &path))
@@ -170,7 +178,7 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
     if let Err(e) = result {
         // Undo what this run made, so a failed install can simply be run again.
         w.undo(&root);
-        if created_user {
+        if created_now {
             let _ = accounts::remove_user(&account.name);
         }
         return Err(e);
@@ -191,7 +199,7 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
         }));
         return Ok(());
     }
-    let made = if created_user { "created" } else { "using existing" };
+    let made = if created_now { "created" } else { "using existing" };
     println!("{made} system user {} (uid {}), group {group}", account.name, account.uid);
     for f in &files {
         println!("wrote {}", root.join(f).display());
