@@ -80,8 +80,7 @@ KeyringMode=private
 UMask=0077
 # Not RestrictSUIDSGID=: systemd enforces it by failing openat2 (ENOSYS), whose mode it cannot
 # inspect, and banger opens every path in image layers and VM files with openat2
-# (RESOLVE_IN_ROOT, RESOLVE_BENEATH). The daemon has no capabilities, so it cannot set a
-# set-id bit on a file it does not own anyway.
+# (RESOLVE_IN_ROOT, RESOLVE_BENEATH).
 ";
 
 pub fn system_daemon_unit(bangerd: &Path, who: &SystemDaemon) -> String {
@@ -117,6 +116,7 @@ pub fn system_daemon_unit(bangerd: &Path, who: &SystemDaemon) -> String {
          CacheDirectory=banger\n\
          CacheDirectoryMode=0750\n\
          {COMMON_HARDENING}\
+         # Without capabilities it cannot set a set-id bit on a file it does not own anyway.\n\
          NoNewPrivileges=yes\n\
          CapabilityBoundingSet=\n\
          AmbientCapabilities=\n\
