@@ -168,9 +168,18 @@ fn completion_scripts_are_generated() {
 fn install_writes_notify_units_and_uninstall_removes_them() {
     let dir = tempfile::tempdir().unwrap();
     let units = dir.path().join("units");
+    let unit_dir = units.to_str().unwrap();
+    // The system daemon runs as an existing non-root user (`system install` makes `banger`).
+    let out =
+        banger(dir.path(), &["daemon", "install", "--unit-dir", unit_dir, "--service-user", "bgt-none"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(stderr(&out).contains("`sudo banger system install` creates it"), "{}", stderr(&out));
+    let out = banger(dir.path(), &["daemon", "install", "--unit-dir", unit_dir, "--service-user", "root"]);
+    assert!(stderr(&out).contains("must not run as root"), "{}", stderr(&out));
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
     let out = banger(
         dir.path(),
-        &["daemon", "install", "--unit-dir", units.to_str().unwrap(), "--group", "banger"],
+        &["daemon", "install", "--unit-dir", unit_dir, "--group", "banger", "--service-user", "nobody"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let daemon = std::fs::read_to_string(units.join("bangerd.service")).unwrap();
@@ -178,9 +187,13 @@ fn install_writes_notify_units_and_uninstall_removes_them() {
     let exec = daemon.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
     let program = exec.split(' ').next().unwrap();
     assert!(Path::new(program).is_file(), "ExecStart names a real binary: {exec}");
-    assert!(exec.ends_with("--system --group banger"), "{exec}");
+    assert!(
+        exec.ends_with("--system --helper-socket /run/banger-helper/helper.sock --group banger"),
+        "{exec}"
+    );
+    assert!(daemon.contains("\nUser=nobody\n"), "{daemon}");
     let helper = std::fs::read_to_string(units.join("banger-helper.service")).unwrap();
-    assert!(helper.contains("--owner-uid 0"), "{helper}");
+    assert!(helper.contains(&format!("--owner-uid {} ", nobody.uid)), "{helper}");
 
     let out = banger(dir.path(), &["daemon", "uninstall", "--unit-dir", units.to_str().unwrap()]);
     assert!(out.status.success());

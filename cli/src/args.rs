@@ -223,6 +223,9 @@ pub struct InstallArgs {
     /// Only write (or remove) the files; do not call systemctl.
     #[arg(long)]
     pub no_enable: bool,
+    /// The user the system daemon runs as (`banger system install` creates it).
+    #[arg(long, default_value = "banger", value_name = "NAME")]
+    pub service_user: String,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -677,9 +680,43 @@ pub enum KernelCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
-    /// Remove the VM bridge and its NAT table from the host (no VM may be running).
-    #[command(after_help = "Examples:
-  banger vm stop web && banger system uninstall   as root, once no VM runs
-  banger system uninstall --json")]
-    Uninstall,
+    /// Remove the VM bridge and its NAT table from the host (no VM may be running); after a
+    /// `system install`, also its units and user (`--purge`: and its state).
+    #[command(after_help = SYSTEM_UNINSTALL_EXAMPLES)]
+    Uninstall(SystemUninstallArgs),
+    /// Run banger as a system service: a `banger` user for the daemon, hardened units, completions.
+    #[command(after_help = SYSTEM_INSTALL_EXAMPLES)]
+    Install(SystemInstallArgs),
+}
+
+const SYSTEM_INSTALL_EXAMPLES: &str = "Examples:
+  sudo banger system install                  # user `banger`, units enabled where systemd runs
+  sudo usermod -aG banger $USER               # then log in again: banger works without sudo
+  banger system install --root /tmp/img --no-enable   # files only, into an image's tree";
+
+const SYSTEM_UNINSTALL_EXAMPLES: &str = "Examples:
+  sudo banger system uninstall                # bridge, NAT table, units, user; keeps images and VMs
+  sudo banger system uninstall --purge        # and /var/lib/banger with every image and VM";
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemInstallArgs {
+    /// Write the files under this directory instead of `/` (the user is made on this host).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The system user (and group) the daemon runs as; members of its group use banger.
+    #[arg(long, default_value = "banger", value_name = "NAME")]
+    pub user: String,
+    /// Only write the files; do not call systemctl.
+    #[arg(long)]
+    pub no_enable: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemUninstallArgs {
+    /// Remove a system install from under this directory instead of `/`.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Also remove the state (images, VMs, kernels) and cache dirs.
+    #[arg(long)]
+    pub purge: bool,
 }

@@ -1,6 +1,7 @@
 //! `banger`: the command line. Thin: parse, call the daemon, print. Every failure is a typed
 //! [`protocol::Error`] printed as a message and a hint, with an exit code chosen by its kind.
 
+mod accounts;
 mod archive;
 mod args;
 mod auth;
@@ -81,9 +82,7 @@ fn main() -> ExitCode {
                 done(commands::vm::run(&cli.global, args::VmCommand::Rm { name, force }, &out).await)
             }
             Command::Prune { force } => done(commands::vm::prune(&cli.global, force, &out).await),
-            Command::System(args::SystemCommand::Uninstall) => {
-                done(commands::vm::system_uninstall(&cli.global, &out).await)
-            }
+            Command::System(cmd) => done(commands::system::run(&cli.global, cmd, &out).await),
             Command::Doctor => commands::doctor::run(&cli.global, &out).await,
             Command::Completion { shell } => done(commands::completion::run(shell)),
         }

@@ -52,7 +52,7 @@ fn systemd_unit(global: &Global) -> Option<Vec<&'static str>> {
     installed.then(|| if user { vec!["--user"] } else { vec![] })
 }
 
-fn systemctl(scope: &[&str], args: &[&str]) -> Result<(), Error> {
+pub fn systemctl(scope: &[&str], args: &[&str]) -> Result<(), Error> {
     let status = Command::new("systemctl").args(scope).args(args).status().map_err(|e| {
         Error::new(ErrorKind::Unavailable, format!("cannot run systemctl: {e}"))
             .with_hint("is systemd installed?")
@@ -66,7 +66,7 @@ fn systemctl(scope: &[&str], args: &[&str]) -> Result<(), Error> {
 }
 
 /// Finds a sibling binary of this `banger`, else one on PATH.
-fn find_binary(name: &str) -> Result<PathBuf, Error> {
+pub fn find_binary(name: &str) -> Result<PathBuf, Error> {
     let sibling = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join(name)));
     if let Some(p) = sibling.filter(|p| p.is_file()) {
         return Ok(p);
@@ -392,17 +392,35 @@ fn human_duration(ms: u64) -> String {
     }
 }
 
+/// The system daemon's and helper's units, the daemon running as `account`.
+pub fn system_units(
+    account: &crate::accounts::Account,
+    group: Option<&str>,
+) -> Result<Vec<(&'static str, String)>, Error> {
+    if account.uid == 0 {
+        return Err(Error::new(ErrorKind::InvalidInput, "the system daemon must not run as root")
+            .with_hint("name a system user: `--service-user banger`"));
+    }
+    let who = systemd::SystemDaemon { user: &account.name, group: Some(group.unwrap_or(&account.group)) };
+    Ok(vec![
+        (systemd::DAEMON_UNIT, systemd::system_daemon_unit(&find_binary("bangerd")?, &who)),
+        (systemd::HELPER_UNIT, systemd::helper_unit(&find_binary("banger-helper")?, account.uid)),
+    ])
+}
+
 fn install(args: &InstallArgs, out: &Output) -> Result<(), Error> {
     let dir = args.unit_dir.clone().unwrap_or_else(|| systemd::default_unit_dir(args.user));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
-    let mut units = vec![(
-        systemd::DAEMON_UNIT,
-        systemd::daemon_unit(&find_binary("bangerd")?, args.user, args.group.as_deref()),
-    )];
-    if !args.user {
-        units.push((systemd::HELPER_UNIT, systemd::helper_unit(&find_binary("banger-helper")?, 0)));
-    }
+    let units = if args.user {
+        vec![(systemd::DAEMON_UNIT, systemd::user_daemon_unit(&find_binary("bangerd")?))]
+    } else {
+        let account = crate::accounts::user(&args.service_user)?.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("user {:?} does not exist", args.service_user))
+                .with_hint("`sudo banger system install` creates it (or `useradd --system` one, and pass --service-user)")
+        })?;
+        system_units(&account, args.group.as_deref())?
+    };
     let mut written = vec![];
     for (name, text) in &units {
         let path = dir.join(name);

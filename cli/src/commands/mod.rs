@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod port;
 pub mod run;
 pub mod ssh;
+pub mod system;
 pub mod version;
 pub mod vm;
 pub mod workspace;
