@@ -173,6 +173,17 @@ fn install_into_a_root_writes_hardened_units_for_an_unprivileged_daemon() {
         let text = std::fs::read_to_string(root.path().join(completion)).unwrap();
         assert!(text.contains("system"), "{completion} does not complete `system`");
     }
+    // A man page per command, the same ones docs/man holds.
+    let man = root.path().join("usr/local/share/man/man1");
+    let committed = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/man")).unwrap().count();
+    assert_eq!(std::fs::read_dir(&man).unwrap().count(), committed, "every page is installed");
+    let page = std::fs::read_to_string(man.join("banger-vm-run.1")).unwrap();
+    let committed_page = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/man/banger-vm-run.1");
+    assert_eq!(
+        page,
+        std::fs::read_to_string(committed_page).unwrap(),
+        "the installed page is the generated one"
+    );
 
     if systemd_analyze() {
         for unit in [&daemon, &helper] {

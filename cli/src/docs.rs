@@ -2,14 +2,14 @@
 //! from the clap definitions in `args.rs`: one section and one page per command and subcommand,
 //! found by walking the tree, so a new command needs no change here, only `scripts/dev docs`.
 //!
-//! Test-only: `docs_match_the_clap_definitions` fails when the committed files differ from what
-//! the definitions generate now; with `BANGER_UPDATE_DOCS=1` (what `scripts/dev docs` sets) it
+//! `banger system install` writes the man pages from here too. The test
+//! `docs_match_the_clap_definitions` fails when the committed files differ from what the
+//! definitions generate now; with `BANGER_UPDATE_DOCS=1` (what `scripts/dev docs` sets) it
 //! writes them instead. Nothing in the output changes between runs: no dates, and the version
 //! comes from Cargo.toml.
 
-#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
-
 use std::collections::BTreeMap;
+#[cfg(test)]
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
@@ -17,6 +17,7 @@ use clap::CommandFactory;
 use crate::args::Cli;
 
 /// The command that regenerates the files; the stale-docs failure names it.
+#[cfg(test)]
 const REGENERATE: &str = "scripts/dev docs";
 
 /// The whole tree, built (so each subcommand knows its full name and the global flags), without
@@ -51,12 +52,13 @@ fn every_command() -> Vec<clap::Command> {
 }
 
 /// "banger vm run": the words a user types.
+#[cfg(test)]
 fn path(cmd: &clap::Command) -> String {
     cmd.get_bin_name().unwrap_or_else(|| cmd.get_name()).to_string()
 }
 
 /// `banger.1`, `banger-vm.1`, `banger-vm-run.1`… with their roff text.
-fn man_pages() -> BTreeMap<String, Vec<u8>> {
+pub fn man_pages() -> BTreeMap<String, Vec<u8>> {
     every_command()
         .into_iter()
         .map(|cmd| {
@@ -67,14 +69,16 @@ fn man_pages() -> BTreeMap<String, Vec<u8>> {
                 .source(format!("banger {}", env!("CARGO_PKG_VERSION")))
                 .manual("banger manual");
             let mut page = Vec::new();
-            man.render(&mut page).unwrap();
+            // Rendering into memory cannot fail.
+            let _ = man.render(&mut page);
             let page =
-                String::from_utf8(page).unwrap().replacen("\n.SH EXTRA\n", &format!("\n.SH {heading}\n"), 1);
+                String::from_utf8_lossy(&page).replacen("\n.SH EXTRA\n", &format!("\n.SH {heading}\n"), 1);
             (man.get_filename(), page.into_bytes())
         })
         .collect()
 }
 
+#[cfg(test)]
 /// docs/cli-reference.md: a contents list, then each command's `--help` as `banger` prints it
 /// (about, usage, arguments, options, examples).
 fn reference() -> String {
@@ -102,15 +106,18 @@ fn reference() -> String {
 }
 
 /// GitHub's anchor for a heading "banger vm run": "banger-vm-run".
+#[cfg(test)]
 fn anchor(heading: &str) -> String {
     heading.to_lowercase().replace(' ', "-")
 }
 
+#[cfg(test)]
 fn docs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")
 }
 
 #[test]
+#[allow(clippy::unwrap_used)] // test code: a panic is the failure report
 fn docs_match_the_clap_definitions() {
     let docs = docs_dir();
     let man_dir = docs.join("man");
@@ -158,6 +165,7 @@ fn docs_match_the_clap_definitions() {
 }
 
 #[test]
+#[allow(clippy::unwrap_used)]
 fn every_command_has_a_page_and_a_section() {
     let pages = man_pages();
     for name in

@@ -7,7 +7,6 @@ mod args;
 mod auth;
 mod client;
 mod commands;
-#[cfg(test)]
 mod docs;
 mod doctor;
 mod escape;

@@ -20,6 +20,8 @@ const MANIFEST: &str = "etc/banger/system-install.json";
 const STATE_DIR: &str = "var/lib/banger";
 const CACHE_DIR: &str = "var/cache/banger";
 const UNIT_DIR: &str = "etc/systemd/system";
+/// Where the man pages go (`man banger-vm-run` finds them there).
+const MAN_DIR: &str = "usr/local/share/man/man1";
 
 /// Completion scripts: where each shell looks for vendor ones installed outside the package
 /// manager.
@@ -163,8 +165,9 @@ fn install(args: &SystemInstallArgs, out: &Output) -> Result<(), Error> {
         for (shell, rel) in COMPLETIONS {
             w.file(&root, rel, &completion(*shell))?;
         }
-        // TODO(man pages): install `banger.1` and the subcommands' pages once the CLI generates
-        // them (clap_mangen, another change); they go to usr/local/share/man/man1.
+        for (name, page) in crate::docs::man_pages() {
+            w.file(&root, &format!("{MAN_DIR}/{name}"), &page)?;
+        }
         if let Some(dir) = Path::new(MANIFEST).parent() {
             w.make_dirs(&root, dir)?;
         }
