@@ -36,6 +36,40 @@ pub fn probe_vmm() -> (VmmKind, bool) {
     }
 }
 
+/// The size of a VM that does not say, from the host: up to 2 vCPUs, an eighth of its memory
+/// (256 MiB to 1 GiB), 8 GiB of disk; and the host's CPUs and memory, the upper bounds. Here so
+/// the daemon and `banger doctor` size alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostDefaults {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub host_cpus: u32,
+    pub host_memory_mib: u32,
+}
+
+impl HostDefaults {
+    pub fn probe() -> Self {
+        let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let total_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| {
+                    l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+                })
+            })
+            .map(|kib| kib / 1024)
+            .unwrap_or(2048);
+        HostDefaults {
+            cpus: host_cpus.min(2),
+            memory_mib: (total_mib / 8).clamp(256, 1024) as u32,
+            disk_bytes: 8 << 30,
+            host_cpus,
+            host_memory_mib: total_mib.min(u32::MAX as u64) as u32,
+        }
+    }
+}
+
 impl std::str::FromStr for VmmKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

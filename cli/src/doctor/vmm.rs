@@ -101,28 +101,17 @@ pub struct Spec {
     pub kernel_present: Option<bool>,
 }
 
-/// The daemon's defaults, worked out the same way. The VMM rule is shared
-/// (`protocol::vm::probe_vmm`); the sizes mirror `Defaults::for_host` in
-/// daemon/src/vm_manager/create.rs (up to 2 vCPUs, an eighth of memory clamped to 256..=1024 MiB,
-/// 8 GiB of disk). A settings file's `[vm]` values and `--vmm` are the daemon's and not read here.
+/// The daemon's defaults, by the same rules (`protocol::vm::probe_vmm`, `HostDefaults`). A
+/// settings file's `[vm]` values and `--vmm` are the daemon's and not read here.
 pub fn spec(kernels: Option<&[KernelInfo]>) -> Spec {
     let (vmm, hardware_kvm) = protocol::vm::probe_vmm();
-    let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let total_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().find_map(|l| {
-                l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
-            })
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(2048);
+    let h = protocol::vm::HostDefaults::probe();
     Spec {
         vmm,
         hardware_kvm,
-        cpus: host_cpus.min(2),
-        memory_mib: (total_mib / 8).clamp(256, 1024) as u32,
-        disk_bytes: 8 << 30,
+        cpus: h.cpus,
+        memory_mib: h.memory_mib,
+        disk_bytes: h.disk_bytes,
         kernel: "default".into(),
         kernel_present: kernels.map(|ks| ks.iter().any(|k| k.name == "default")),
     }

@@ -36,24 +36,15 @@ pub struct Defaults {
 }
 
 impl Defaults {
-    /// Up to 2 vCPUs and an eighth of the host's memory (256 MiB to 1 GiB); 8 GiB of disk.
+    /// The host's (`protocol::vm::HostDefaults`, shared with `banger doctor`).
     pub fn for_host() -> Self {
-        let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        let total_mib = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines().find_map(|l| {
-                    l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
-                })
-            })
-            .map(|kib| kib / 1024)
-            .unwrap_or(2048);
+        let h = protocol::vm::HostDefaults::probe();
         Defaults {
-            cpus: host_cpus.min(2),
-            memory_mib: (total_mib / 8).clamp(256, 1024) as u32,
-            disk_bytes: 8 << 30,
-            host_cpus,
-            host_memory_mib: total_mib.min(u32::MAX as u64) as u32,
+            cpus: h.cpus,
+            memory_mib: h.memory_mib,
+            disk_bytes: h.disk_bytes,
+            host_cpus: h.host_cpus,
+            host_memory_mib: h.host_memory_mib,
         }
     }
 
