@@ -61,6 +61,11 @@ async fn members_of_the_configured_group_are_admitted() {
     let out = banger_as_other(&d, &["version"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("daemon: bangerd"), "{}", stdout(&out));
+    // A member uses the daemon; only its owner (or root) stops it.
+    let out = banger_as_other(&d, &["daemon", "stop"]);
+    assert!(!out.status.success(), "a member must not stop the daemon");
+    assert!(stderr(&out).contains("only the daemon's owner or root may stop it"), "{}", stderr(&out));
+    assert!(d.cli(&["daemon", "status"]).status.success(), "still serving");
 }
 
 #[tokio::test]

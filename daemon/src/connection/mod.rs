@@ -89,7 +89,8 @@ enum Next {
 async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logger) {
     // The owner is known without a lookup; anyone else may need NSS (group membership), which
     // can block, so it runs off the runtime's threads.
-    let verdict = if admission::is_owner(&deps.config, cred.uid()) {
+    let owner = admission::is_owner(&deps.config, cred.uid());
+    let verdict = if owner {
         Ok(())
     } else {
         let config = deps.config.clone();
@@ -149,6 +150,17 @@ async fn serve(mut chan: Channel, cred: UCred, seat: Seat, deps: Deps, log: Logg
         seat.activity.busy();
         // A descriptor only ever accompanies an import; any other is closed here.
         let fd = chan.take_fd();
+        // A member of the daemon's group uses it; stopping it is for its owner and root.
+        if matches!(request, Request::Shutdown) && !owner {
+            let e = Error::new(ErrorKind::PermissionDenied, "only the daemon's owner or root may stop it")
+                .with_hint(
+                    "as root: `sudo systemctl stop bangerd` (a system install) or `sudo banger daemon stop`",
+                );
+            if chan.send(&Response::Error(e), false).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if let Err(e) =
             route(&mut Replies { chan: &mut chan, stall: idle_timeout }, request, fd, version, &deps).await
         {
