@@ -467,6 +467,16 @@ fn many_sessions_are_served_at_once() {
 
 // --- The agent's Ssh request ---
 
+/// An agent whose ssh setup writes under `root` and serves on `port`.
+fn ssh_agent(root: &Path, port: u16) -> TestAgent {
+    TestAgent::start_with(&[
+        OsStr::new("--ssh-root"),
+        root.as_os_str(),
+        OsStr::new("--ssh-port"),
+        OsStr::new(&port.to_string()),
+    ])
+}
+
 fn ssh_request(c: &mut chaos_tests::agent::AgentConn, host_key: &Path, authorized: &[String]) -> AgentEvent {
     c.send(&AgentRequest::Ssh(SshSetup {
         host_key: std::fs::read_to_string(host_key).unwrap(),
@@ -490,12 +500,7 @@ fn the_ssh_request_installs_keys_and_supervises_the_built_in_server() {
     std::fs::create_dir_all(r.join("run/banger")).unwrap();
     std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/home/admin:/bin/sh\n").unwrap();
     let port = free_port();
-    let agent = TestAgent::start_with(&[
-        OsStr::new("--ssh-root"),
-        r.as_os_str(),
-        OsStr::new("--ssh-port"),
-        OsStr::new(&port.to_string()),
-    ]);
+    let agent = ssh_agent(r, port);
     let keys = tempfile::tempdir().unwrap();
     let host = keys.path().join("host");
     keygen(&host);
@@ -581,12 +586,7 @@ fn the_ssh_request_runs_the_image_s_sshd_with_banger_s_config() {
     )
     .unwrap();
     std::fs::set_permissions(&sshd, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let agent = TestAgent::start_with(&[
-        OsStr::new("--ssh-root"),
-        r.as_os_str(),
-        OsStr::new("--ssh-port"),
-        OsStr::new(&port.to_string()),
-    ]);
+    let agent = ssh_agent(r, port);
     let keys = tempfile::tempdir().unwrap();
     let host = keys.path().join("host");
     keygen(&host);
@@ -615,12 +615,7 @@ fn the_ssh_request_runs_the_image_s_sshd_with_banger_s_config() {
         .unwrap();
     drop(agent);
     assert!(std::path::Path::new(&format!("/proc/{old}")).exists(), "the old server outlived its agent");
-    let agent = TestAgent::start_with(&[
-        OsStr::new("--ssh-root"),
-        r.as_os_str(),
-        OsStr::new("--ssh-port"),
-        OsStr::new(&port.to_string()),
-    ]);
+    let agent = ssh_agent(r, port);
     let mut c = agent.connect();
     assert_eq!(
         ssh_request(&mut c, &host, &[public(&client.key)]),

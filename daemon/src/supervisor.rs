@@ -190,7 +190,7 @@ impl Supervisor {
             Child::Kernels => Some(self.publish(KernelStore::new(cx).start(), Started::Kernels)),
             Child::Network => Some(self.publish(Network::new(cx).start(), Started::Network)),
             Child::Vms => {
-                let (probed, kvm) = crate::vmm::probe();
+                let (probed, kvm) = protocol::vm::probe_vmm();
                 let default = self.config.vmm.unwrap_or(probed);
                 let vmms = Backends {
                     firecracker: Arc::new(Firecracker::new(peers.clone())),

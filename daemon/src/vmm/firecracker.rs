@@ -3,16 +3,13 @@
 //! are fixed: `/vmlinux`, `/disk.ext4`, `/api.sock`.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use protocol::Error;
-use protocol::helper::{HelperRequest, HelperResponse, LaunchSpec};
 use serde_json::json;
 
 use super::{Boot, Running, Vmm, api, start_time};
-use crate::helper::call;
 use crate::peers::Peers;
 
 pub struct Firecracker {
@@ -24,33 +21,14 @@ impl Firecracker {
         Firecracker { peers }
     }
 
-    async fn helper(&self, request: HelperRequest, fd: Option<OwnedFd>) -> Result<HelperResponse, Error> {
-        call(&self.peers, request, fd).await
-    }
-
     async fn launch(
         &self,
         boot: &Boot,
         tap: Option<(String, String)>,
         console: OwnedFd,
     ) -> Result<Running, Error> {
-        let spec = LaunchSpec {
-            vm: boot.vm.clone(),
-            kernel: boot.kernel.display().to_string(),
-            initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
-            disk: Some(boot.disk.display().to_string()),
-            cpus: boot.cpus,
-            memory_mib: boot.memory_mib,
-            config: Some(config(boot, tap.as_ref()).to_string()),
-            qemu: None,
-        };
-        let (pid, root) = match self.helper(HelperRequest::LaunchVm(spec), Some(console)).await? {
-            HelperResponse::Launched { pid, jail_root } => (pid, PathBuf::from(jail_root)),
-            other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
-        };
-        let running =
-            Running { pid, start_time: start_time(pid).unwrap_or(0), control: root.join("api.sock") };
-        Ok(running)
+        let config = config(boot, tap.as_ref()).to_string();
+        super::launch_through_helper(&self.peers, boot, Some(config), None, console, "api.sock").await
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use protocol::Error;
-use protocol::helper::{HelperRequest, HelperResponse};
+use protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, QemuSpec};
 use protocol::vm::VmmKind;
 use serde::{Deserialize, Serialize};
 
@@ -86,11 +86,6 @@ impl Backends {
     }
 }
 
-/// What this host runs best (see [`protocol::vm::probe_vmm`], shared with `banger doctor`).
-pub fn probe() -> (VmmKind, bool) {
-    protocol::vm::probe_vmm()
-}
-
 /// Boots through `launch`, given the VM's tap and the guest's MAC when it is networked: the
 /// tap is made by the helper first, and removed again if the launch fails.
 pub async fn with_tap<F, Fut>(peers: &Peers, boot: &Boot, launch: F) -> Result<Running, Error>
@@ -114,6 +109,36 @@ where
         let _ = call(peers, HelperRequest::DeleteTap { vm: boot.vm.clone() }, None).await;
     }
     booted
+}
+
+/// Has the helper launch the VMM `boot` describes, with what is the VMM's own (Firecracker's
+/// configuration, or QEMU's part); its control socket is `control` in the jail it gets.
+pub async fn launch_through_helper(
+    peers: &Peers,
+    boot: &Boot,
+    config: Option<String>,
+    qemu: Option<QemuSpec>,
+    console: OwnedFd,
+    control: &str,
+) -> Result<Running, Error> {
+    let spec = LaunchSpec {
+        vm: boot.vm.clone(),
+        kernel: boot.kernel.display().to_string(),
+        initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
+        disk: Some(boot.disk.display().to_string()),
+        cpus: boot.cpus,
+        memory_mib: boot.memory_mib,
+        config,
+        qemu,
+    };
+    match call(peers, HelperRequest::LaunchVm(spec), Some(console)).await? {
+        HelperResponse::Launched { pid, jail_root } => Ok(Running {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            control: PathBuf::from(jail_root).join(control),
+        }),
+        other => Err(Error::internal(format!("unexpected helper reply {other:?}"))),
+    }
 }
 
 pub async fn kill_through_helper(peers: &Peers, vm: &str, running: &Running) -> Result<(), Error> {

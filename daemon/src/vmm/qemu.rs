@@ -5,15 +5,13 @@
 //! agent's virtio-serial port).
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use protocol::Error;
-use protocol::helper::{HelperRequest, HelperResponse, LaunchSpec, QemuSpec};
+use protocol::helper::QemuSpec;
 
 use super::{Boot, Running, Vmm, qmp, start_time};
-use crate::helper::call;
 use crate::peers::Peers;
 
 pub struct Qemu {
@@ -41,26 +39,13 @@ impl Qemu {
         if !self.kvm {
             cmdline = format!("{cmdline} {TCG_ARGS}");
         }
-        let spec = LaunchSpec {
-            vm: boot.vm.clone(),
-            kernel: boot.kernel.display().to_string(),
-            initrd: boot.initrd.as_ref().map(|p| p.display().to_string()),
-            disk: Some(boot.disk.display().to_string()),
-            cpus: boot.cpus,
-            memory_mib: boot.memory_mib,
-            config: None,
-            qemu: Some(QemuSpec {
-                cmdline: cmdline.trim().to_string(),
-                mac: tap.as_ref().map(|(_, mac)| mac.clone()),
-                tap: tap.map(|(name, _)| name),
-                kvm: self.kvm,
-            }),
+        let qemu = QemuSpec {
+            cmdline: cmdline.trim().to_string(),
+            mac: tap.as_ref().map(|(_, mac)| mac.clone()),
+            tap: tap.map(|(name, _)| name),
+            kvm: self.kvm,
         };
-        let (pid, root) = match call(&self.peers, HelperRequest::LaunchVm(spec), Some(console)).await? {
-            HelperResponse::Launched { pid, jail_root } => (pid, PathBuf::from(jail_root)),
-            other => return Err(Error::internal(format!("unexpected helper reply {other:?}"))),
-        };
-        Ok(Running { pid, start_time: start_time(pid).unwrap_or(0), control: root.join("run/qmp.sock") })
+        super::launch_through_helper(&self.peers, boot, None, Some(qemu), console, "run/qmp.sock").await
     }
 }
 
