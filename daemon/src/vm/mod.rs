@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use protocol::vm::{AgentState, VmAction, VmInfo, VmState, Workspace};
+use protocol::vm::{AgentState, PortForward, VmAction, VmInfo, VmState, Workspace};
 use protocol::{Error, ErrorKind};
 use slog::{Logger, info, warn};
 use tokio::io::Interest;
@@ -121,6 +121,8 @@ pub struct VmActor {
     client_key: PathBuf,
     /// While the VMM runs: the port forwards' listeners.
     forwards: ports::Forwards,
+    /// The forwards' listeners bound by a start (which a taken port refuses), until it runs.
+    bound: Option<Vec<ports::Bound>>,
 }
 
 impl VmActor {
@@ -144,6 +146,7 @@ impl VmActor {
             agent: None,
             client_key,
             forwards: Default::default(),
+            bound: None,
         }
     }
 
@@ -203,11 +206,18 @@ impl VmActor {
         });
         let link = agent::Link::start(self.vmm.clone(), running.clone(), ssh, self.log.clone());
         self.forwards = ports::Forwards::default();
-        for forward in &self.record.info.ports {
-            // The VM runs regardless; `vm port ls` and the log say which forward is down.
-            if let Err(e) = self.forwards.add(forward, &link.handle(), &self.log) {
-                warn!(self.log, "a port forward cannot listen"; "forward" => %forward, "error" => %e.message);
-            }
+        // Bound by the start; a re-adopted VM binds them now, and runs regardless of one that
+        // cannot listen (the log says which).
+        let bound = self.bound.take().unwrap_or_else(|| {
+            let bind = |f: &PortForward| {
+                ports::bind(f)
+                    .map_err(|e| warn!(self.log, "a port forward cannot listen"; "forward" => %f, "error" => %e.message))
+                    .ok()
+            };
+            self.record.info.ports.iter().filter_map(bind).collect()
+        });
+        for b in bound {
+            self.forwards.serve(b, &link.handle(), &self.log);
         }
         self.agent = Some(link);
         let pid = running.pid;
@@ -299,9 +309,10 @@ impl Handler<Start> for VmActor {
     type Result = ResponseActFuture<Self, Result<VmInfo, Error>>;
 
     fn handle(&mut self, msg: Start, _: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.check(VmAction::Start).and_then(|()| ports::check_free(&self.record.info.ports))
-        {
-            return Box::pin(async move { Err(e) }.into_actor(self));
+        let bound = self.check(VmAction::Start).and_then(|()| ports::bind_all(&self.record.info.ports));
+        match bound {
+            Ok(bound) => self.bound = Some(bound),
+            Err(e) => return Box::pin(async move { Err(e) }.into_actor(self)),
         }
         if let Some(ip) = &msg.boot.ip {
             self.record.info.spec.ip = Some(ip.clone());
@@ -343,6 +354,8 @@ impl Handler<Start> for VmActor {
                             Ok(act.record.info.clone())
                         }
                         Err(e) => {
+                            // The forwards' ports are let go with the failed boot.
+                            act.bound = None;
                             act.set(VmState::Failed(e.message.clone()));
                             let (vmm, name) = (act.vmm.clone(), act.name());
                             actix::spawn(async move {

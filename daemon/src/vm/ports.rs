@@ -34,16 +34,28 @@ impl Drop for Task {
     }
 }
 
+/// A forward's listeners, bound and not yet served.
+pub struct Bound {
+    forward: PortForward,
+    listeners: Vec<TcpListener>,
+}
+
 impl Forwards {
+    /// Carries `bound`'s connections to the guest from now on.
+    pub fn serve(&mut self, bound: Bound, agent: &AgentHandle, log: &Logger) {
+        let guest_port = bound.forward.guest_port;
+        let tasks = bound
+            .listeners
+            .into_iter()
+            .map(|l| Task(tokio::spawn(accept(l, guest_port, agent.clone(), log.clone()))))
+            .collect();
+        self.listening.insert(bound.forward.host_port, tasks);
+    }
+
     /// Listens for `forward` from now on; refused (with nothing listening) if any of its host
     /// addresses cannot be bound.
     pub fn add(&mut self, forward: &PortForward, agent: &AgentHandle, log: &Logger) -> Result<(), Error> {
-        let listeners = bind(forward)?;
-        let tasks = listeners
-            .into_iter()
-            .map(|l| Task(tokio::spawn(accept(l, forward.guest_port, agent.clone(), log.clone()))))
-            .collect();
-        self.listening.insert(forward.host_port, tasks);
+        self.serve(bind(forward)?, agent, log);
         Ok(())
     }
 
@@ -52,23 +64,23 @@ impl Forwards {
     }
 }
 
-/// Refuses a start whose forwards could not listen (checked by binding them once).
-pub fn check_free(forwards: &[PortForward]) -> Result<(), Error> {
-    forwards.iter().try_for_each(|f| bind(f).map(drop))
+/// Every forward bound, or the error of the first that cannot be (a start is refused then).
+pub fn bind_all(forwards: &[PortForward]) -> Result<Vec<Bound>, Error> {
+    forwards.iter().map(bind).collect()
 }
 
 /// Binds every host address of `forward` (non-blocking, ready for tokio).
-fn bind(forward: &PortForward) -> Result<Vec<TcpListener>, Error> {
-    let mut bound = vec![];
+pub fn bind(forward: &PortForward) -> Result<Bound, Error> {
+    let mut listeners = vec![];
     for ip in forward.host_ips()? {
         let addr = SocketAddr::new(ip, forward.host_port);
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(TcpListener::from_std)
             .map_err(|e| bind_error(addr, forward, e))?;
-        bound.push(listener);
+        listeners.push(listener);
     }
-    Ok(bound)
+    Ok(Bound { forward: forward.clone(), listeners })
 }
 
 fn bind_error(addr: SocketAddr, forward: &PortForward, e: std::io::Error) -> Error {
